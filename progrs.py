@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lam-var", type=float, default=1.0, help="coherence volatility penalty")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
+    g.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warmup")
     g.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward")
     g.add_argument("--ppo-epochs", type=int, default=1, help="updates per batch (>1: clipped ratio)")
     g.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL to the initial model (0: off)")
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Defaults that depend on the model's size: the tiny CPU model vs a 0.5B-class LLM on a GPU.
 SIZE_DEFAULTS = {
-    "tiny": dict(steps=60, prompts_per_step=16, max_new_tokens=64, lr=2e-3, micro_batch=128,
+    "tiny": dict(steps=60, prompts_per_step=16, max_new_tokens=64, lr=2e-5, micro_batch=128,
                  eval_every=20, eval_size=0, eval_batch=256),
     "llm": dict(steps=200, prompts_per_step=16, max_new_tokens=512, lr=1e-6, micro_batch=8,
                 eval_every=25, eval_size=500, eval_batch=64),
@@ -268,7 +269,7 @@ def split_steps(completion: str) -> list[str]:
 
 _NUM = r"\d[\d,]*(?:\.\d+)?"
 _EQUATION = re.compile(  # a op b [op c ...] = c, also "= $c"; chains like 47 + 28 - 19 = 56
-    rf"(?<![\w.])\(*-?{_NUM}\)*(?:\s*[-+*/×÷]\s*\(*-?{_NUM}\)*)+\s*=\s*\$?\s*(-?{_NUM})")
+    rf"(?<![\w.])\(*-?{_NUM}\)*(?:\s*[-+*/×x÷]\s*\(*-?{_NUM}\)*)+\s*=\s*\$?\s*(-?{_NUM})")
 
 
 _ANNOTATION = re.compile(r"<<([^<>]*=[^<>]*)>>")
@@ -279,7 +280,7 @@ def safe_eval(expr: str) -> float | None:
 
     Model text never reaches eval(): ast.parse only builds a tree, and we walk it ourselves.
     """
-    expr = expr.replace(",", "").replace("×", "*").replace("÷", "/")
+    expr = expr.replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/")
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError:
@@ -569,6 +570,7 @@ def policy_loss(logp, old_logp, adv, mask, n_tokens, ref_logp=None, kl_coef=0.0)
 def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> dict:
     """--ppo-epochs optimizer steps on one batch, each accumulating all micro-batches."""
     mask = batch["completion_mask"].float()                                       # (B, T)
+    adv = adv.to(mask.device)  # scored on the CPU, trained wherever the model is
     n_tokens = mask.sum().clamp(min=1)
     B, Tp = mask.shape[0], batch["prompt_len"]
     slices = [slice(i, i + args.micro_batch) for i in range(0, B, args.micro_batch)]
@@ -710,6 +712,10 @@ def train(model, tokenizer, train_set, eval_set, args, amp, log=print) -> dict:
     (out_dir / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
     prm = ToyPRM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    # Linear warmup: Adam's first steps move every weight by about lr whatever its gradient's size
+    # (its second-moment estimate starts from one sample), which jolts a small model.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / (args.warmup_steps + 1)))
     ref_model = None
     if args.kl_coef > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -746,6 +752,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, log=print) -> dict:
             batch = rollout_step(model, tokenizer, problems, args, prm, amp)
             t0 = time.perf_counter()
             upd = update_policy(model, optimizer, batch, batch["adv"].flatten(), args, amp, ref_model)
+            schedule.step()
             rec = dict(step=step, **step_metrics(batch, args), **upd,
                        t_generate=batch["t_generate"], t_score=batch["t_score"],
                        t_update=time.perf_counter() - t0)
@@ -779,6 +786,7 @@ def check_args(args) -> None:
              ("--prm-quantile", args.prm_quantile in ToyPRM.TAUS, f"one of {ToyPRM.TAUS}"),
              ("--lam-var", args.lam_var >= 0, "non-negative"),
              ("--ppo-epochs", args.ppo_epochs >= 1, "at least 1"),
+             ("--warmup-steps", args.warmup_steps >= 0, "0 or more"),
              ("--kl-coef", args.kl_coef >= 0, "non-negative"),
              ("--max-grad-norm", args.max_grad_norm > 0, "positive")]
     for flag in ("steps", "prompts_per_step", "max_new_tokens", "micro_batch", "eval_every",

@@ -1,0 +1,185 @@
+"""Build the tiny model that `python progrs.py` trains by default, from nothing, on CPU.
+
+    python tiny_task/make_data.py      # once: tiny_task/train.jsonl, tiny_task/test.jsonl
+    python tiny_task/build_model.py    # about two minutes on 2 CPU cores: tiny_task/model/
+
+1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
+   (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
+   Qwen2.5 base models.
+2. Model: a Qwen2ForCausalLM of about 0.8M parameters, randomly initialised.
+3. Supervised warm start on the train split: build_prompt(question) + step-by-step solution + eos,
+   loss on the solution tokens only, for a fixed number of steps chosen so that greedy test accuracy
+   is about half and still climbing: RL then has room to improve it.
+
+Demonstration slips (a deliberate choice): a few demonstrations carry a human-like slip.
+  miscopy:   one number is copied wrong from the question (17 -> 18) and the arithmetic is then
+             right, so every step is a true equation but the final answer is wrong;
+  misresult: one intermediate result is miswritten (12 + 17 = 28) while the next step carries on
+             from the true value 29, so the answer is right through a false step.
+The warm-started model then makes both kinds of mistake itself. A step-level PRM cannot see the
+first kind and an outcome reward cannot see the second: the RL stage needs both to exist.
+
+Everything is seeded and the step count is fixed, so two builds give the same weights.
+"""
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from make_data import MAX_RESULT, parse, render, steps  # noqa: E402
+from progrs import build_prompt, check_equations, generate, is_correct, split_steps  # noqa: E402
+
+SEED = 0
+OUT = HERE / "model"
+VOCAB_SIZE = 400            # upper bound: the BPE runs out of merges on this small corpus first
+P_MISCOPY, P_MISRESULT = 0.08, 0.08
+HIDDEN, LAYERS, INTERMEDIATE = 128, 4, 384
+SFT_STEPS, BATCH, LR, WARMUP = 700, 32, 2e-3, 50
+EVAL_BATCH, MAX_NEW_TOKENS = 100, 64
+
+
+def no_amp():
+    return torch.autocast("cpu", enabled=False)
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def demonstration(question: str, rng: random.Random) -> str:
+    """The solution text for one warm-start example, with a slip at rates P_MISCOPY, P_MISRESULT."""
+    first, ops = parse(question)
+    r = rng.random()
+    if r < P_MISCOPY:
+        while True:  # miscopy one number by one; redraw if a result would leave 0..MAX_RESULT
+            k, d = rng.randrange(len(ops) + 1), rng.choice((-1, 1))
+            f, o = first, list(ops)
+            if k == 0:
+                f = max(1, f + d)
+            else:
+                o[k - 1] = (o[k - 1][0], max(1, o[k - 1][1] + d))
+            s = steps(f, o)
+            if 0 <= min(c for *_, c in s) and max(c for *_, c in s) <= MAX_RESULT:
+                return render(s)
+    s = steps(first, ops)
+    if r < P_MISCOPY + P_MISRESULT:
+        k = rng.randrange(len(s) - 1)  # never the last step: the answer line stays right
+        a, op, b, c = s[k]
+        s[k] = (a, op, b, abs(c + rng.choice((-10, -1, 1, 10))))
+    return render(s)
+
+
+def build_tokenizer(questions) -> Qwen2Tokenizer:
+    texts = [build_prompt(q) + render(steps(*parse(q))) for q in questions]
+    return Qwen2Tokenizer().train_new_from_iterator(texts, vocab_size=VOCAB_SIZE)
+
+
+def build_model(tok) -> Qwen2ForCausalLM:
+    eos = tok.eos_token_id
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=INTERMEDIATE, max_position_embeddings=256,
+        tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    return model
+
+
+def batch_tensors(tok, questions, rng):
+    """Right-padded prompt + demonstration + eos; labels are -100 outside the demonstration."""
+    rows = []
+    for q in questions:
+        p = tok(build_prompt(q)).input_ids
+        s = tok(demonstration(q, rng)).input_ids + [tok.eos_token_id]
+        rows.append((p + s, [-100] * len(p) + s))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, mask, labels
+
+
+def sft(model, tok, questions, n_steps, on_step=None):
+    rng = random.Random(SEED)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    # linear warmup, then linear decay to zero
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min((i + 1) / WARMUP, (n_steps - i) / (n_steps - WARMUP)))
+    model.train()
+    for step in range(1, n_steps + 1):
+        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if on_step:
+            on_step(step, loss.item())
+    model.eval()
+
+
+def evaluate(model, tok, problems) -> dict:
+    """Greedy accuracy, plus the two kinds of mistake the RL stage needs, with progrs.py's own
+    generate, verifier and equation checker."""
+    tok.padding_side = "left"
+    texts = []
+    for i in range(0, len(problems), EVAL_BATCH):
+        prompts = [build_prompt(p["question"]) for p in problems[i:i + EVAL_BATCH]]
+        texts += generate(model, tok, prompts, 1, MAX_NEW_TOKENS, 0.0, no_amp)["texts"]
+    tok.padding_side = "right"
+    correct = [is_correct(t, p["answer"]) for t, p in zip(texts, problems)]
+    checks = [[check_equations(s) for s in split_steps(t)] for t in texts]
+    right = [c for c, ok in zip(checks, correct) if ok]
+    wrong = [c for c, ok in zip(checks, correct) if not ok]
+    return {
+        "accuracy": sum(correct) / len(problems),
+        # correct answers reached through at least one false step
+        "correct_with_false_step": sum(any(f for _, f in c) for c in right) / max(1, len(right)),
+        # wrong answers whose every step is a true equation
+        "wrong_with_all_true_steps": sum(bool(c) and all(t and not f for t, f in c) for c in wrong)
+        / max(1, len(wrong)),
+        "completions": texts, "correct": correct,
+    }
+
+
+def main():
+    t0 = time.time()
+    torch.manual_seed(SEED)
+    train = read_jsonl(HERE / "train.jsonl")
+    test = read_jsonl(HERE / "test.jsonl")
+    questions = [r["question"] for r in train]
+
+    tok = build_tokenizer(questions)
+    sample = build_prompt(questions[0]) + render(steps(*parse(questions[0])))
+    assert tok.decode(tok(sample).input_ids) == sample, "tokenizer round trip failed"
+    model = build_model(tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"vocab {len(tok)}, parameters {n_params:,}")
+
+    sft(model, tok, questions, SFT_STEPS,
+        lambda s, loss: s % 100 == 0 and print(f"step {s:4d}  loss {loss:.3f}", flush=True))
+    OUT.mkdir(exist_ok=True)
+    model.save_pretrained(OUT)
+    tok.save_pretrained(OUT)
+
+    res = evaluate(model, tok, test)
+    print(f"parameters                         {n_params:,}")
+    print(f"greedy test accuracy               {res['accuracy']:.1%}  ({len(test)} problems)")
+    print(f"correct answers with a false step  {res['correct_with_false_step']:.1%}")
+    print(f"wrong answers with all steps true  {res['wrong_with_all_true_steps']:.1%}")
+    print(f"saved to {OUT} in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
