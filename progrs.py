@@ -497,11 +497,12 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)  # (P, Tp), left pad
     eos_ids = eos_token_ids(model, tokenizer)
-    sampling = temperature > 0
+    # explicit values win over the model's generation_config; greedy takes no sampling knobs
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
+        if temperature > 0 else dict(do_sample=False)
     with amp():
         seqs = model.generate(
-            **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, do_sample=sampling,
-            temperature=temperature if sampling else 1.0, top_k=0, top_p=1.0,
+            **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling,
             repetition_penalty=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
     Tp = enc["input_ids"].shape[1]
     completions = seqs[:, Tp:]                                                    # (B, T), B = P*n
@@ -684,7 +685,7 @@ def step_metrics(batch: dict, args) -> dict:
     )
 
 
-def teaching_view(batch: dict, problems: list[dict], width: int = 44) -> str:
+def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     """One rollout group as a table: the most mixed group of the batch (most right-wrong pairs)."""
     correct = batch["correct"]
     G = correct.shape[1]
