@@ -418,7 +418,7 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
 # Dominance. In a mixed group with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1/(std + eps)
 # with std = sqrt(p(1-p)), while the bonuses differ by at most lam * (n_wrong - 1)/n_wrong (b in
 # [0, 1]; a right bonus is >= 0, a centered wrong one < 1). So progrs keeps every right rollout above
-# every wrong one in its group whenever lam < max_dominant_lam(G) (about 2).
+# every wrong one in its group whenever lam < max_dominant_lam(G) (2.58 for G = 8; > 2 for any G).
 
 ADV_EPS = 1e-6
 
@@ -668,8 +668,8 @@ def step_metrics(batch: dict, args) -> dict:
     k = correct.sum(-1)
     mask = batch["completion_mask"]
 
-    def mean(x):
-        return float(x.mean()) if x.numel() else float("nan")
+    def mean(x):  # None (JSON null) for an empty selection, e.g. no right rollout this step
+        return float(x.mean()) if x.numel() else None
 
     return dict(
         train_accuracy=n_right / correct.numel(),
