@@ -44,7 +44,6 @@ import copy
 import functools
 import json
 import math
-import os
 import random
 import re
 import sys

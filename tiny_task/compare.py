@@ -82,7 +82,7 @@ def main():
     per_step = P * G
     target = {s: summarize(res[("outcome", 1.0, s)], per_step, None)["acc_end"]
               for s in range(a.seeds)}
-    lines = [f"# Outcome-only vs absolute blend vs PROGRS on tiny_task",
+    lines = ["# Outcome-only vs absolute blend vs PROGRS on tiny_task",
              "",
              f"{a.steps} steps x {P} prompts x {G} rollouts = {a.steps * per_step} rollouts per run, "
              f"lam = 1.0, seeds 0..{a.seeds - 1}, mean ± std over seeds, defaults of progrs.py "
