@@ -57,6 +57,17 @@ HERE = Path(__file__).resolve().parent
 TINY_TASK = HERE / "tiny_task"
 
 
+class ProgrsError(Exception):
+    """Bad input from the user: main() prints the message as one line and exits non-zero."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"progrs.py: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every knob and its default, in one place. None means "chosen from the model's size" (main)."""
     p = OneLineErrorParser(description="PROGRS: GRPO with outcome-conditioned process rewards.")
@@ -105,17 +116,6 @@ SIZE_DEFAULTS = {
                 eval_every=25, eval_size=500, eval_batch=64),
 }
 TINY_MAX_PARAMS = 50_000_000
-
-
-class ProgrsError(Exception):
-    """Bad input from the user: main() prints the message as one line and exits with status 2."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage block), exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"progrs.py: error: {message}\n")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -574,8 +574,7 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
     n_tokens = mask.sum().clamp(min=1)
     B, Tp = mask.shape[0], batch["prompt_len"]
     slices = [slice(i, i + args.micro_batch) for i in range(0, B, args.micro_batch)]
-    old, ref = {}, {}
-    stats = dict(loss=0.0, kl=0.0, grad_norm=0.0)
+    old, ref, stats = {}, {}, {}
     model.train()
     for epoch in range(args.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
@@ -646,14 +645,14 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, problems: list[dict], args, amp) -> dict:
+def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
     """Greedy pass@1, plus the trace-error rate and steps per answer of the greedy completions."""
     texts = []
     for i in range(0, len(problems), args.eval_batch):
         chunk = problems[i:i + args.eval_batch]
         prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in chunk]
         texts += generate(model, tokenizer, prompts, 1, args.max_new_tokens, 0.0, amp)["texts"]
-    s = score_completions(problems, texts, ToyPRM(), args.q_index, args.lam_var)
+    s = score_completions(problems, texts, prm, args.q_index, args.lam_var)
     n_right = sum(s["correct"])
     return dict(eval_accuracy=n_right / len(problems),
                 eval_trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
@@ -730,7 +729,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, log=print) -> dict:
 
     def run_eval(step, metrics_file):
         t0 = time.perf_counter()
-        ev = evaluate(model, tokenizer, eval_set, args, amp)
+        ev = evaluate(model, tokenizer, eval_set, args, prm, amp)
         rec = {k: v for k, v in ev.items() if k != "texts"}
         rec.update(step=step, t_eval=time.perf_counter() - t0)
         metrics_file.write(json.dumps(rec) + "\n")

@@ -386,7 +386,7 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
                 "completion_tokens", "truncated", "bonus_incorrect_abs"):
         assert key in steps[0]
     assert sum("eval_accuracy" in r for r in runs[0]) == 3            # start, step 1, step 2
-    assert "greedy pass@1" in proc.stdout and "ok" in proc.stdout     # summary and teaching table
+    assert "greedy pass@1" in proc.stdout and "step scores" in proc.stdout  # summary and table
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "a" / "model")
     assert model.config.model_type == "qwen2" and tok.eos_token_id is not None
