@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Defaults that depend on the model's size: the tiny CPU model vs a 0.5B-class LLM on a GPU.
 SIZE_DEFAULTS = {
-    "tiny": dict(steps=60, prompts_per_step=16, max_new_tokens=64, lr=2e-5, micro_batch=128,
+    "tiny": dict(steps=60, prompts_per_step=16, max_new_tokens=64, lr=1e-4, micro_batch=128,
                  eval_every=20, eval_size=0, eval_batch=256),
     "llm": dict(steps=200, prompts_per_step=16, max_new_tokens=512, lr=1e-6, micro_batch=8,
                 eval_every=25, eval_size=500, eval_batch=64),

@@ -1,28 +1,40 @@
 """Build the tiny model that `python progrs.py` trains by default, from nothing, on CPU.
 
     python tiny_task/make_data.py      # once: tiny_task/train.jsonl, tiny_task/test.jsonl
-    python tiny_task/build_model.py    # about two minutes on 2 CPU cores: tiny_task/model/
+    python tiny_task/build_model.py    # about three minutes on 2 CPU cores: tiny_task/model/
 
 1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
    (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
    Qwen2.5 base models.
 2. Model: a Qwen2ForCausalLM of about 0.8M parameters, randomly initialised.
-3. Supervised warm start on the train split: build_prompt(question) + step-by-step solution + eos,
-   loss on the solution tokens only, for a fixed number of steps chosen so that greedy test accuracy
-   is about half and still climbing: RL then has room to improve it.
+3. Supervised warm start on the train split: build_prompt(question) + solution + eos, loss on the
+   solution tokens only, SFT_STEPS steps of AdamW, warmup then linear decay to zero.
 
-Demonstration slips (a deliberate choice): a few demonstrations carry a human-like slip.
+Two solvers write the demonstrations (a deliberate choice: it is what gives RL room to work).
+  careful:  one operation per line, `12 + 17 = 29`, `29 - 9 = 20`, ... (make_data.solution);
+  hasty:    the whole chain on one line, `12 + 17 - 9 + 6 = 26`, which a model this small cannot
+            compute reliably in one go.
+The first CAREFUL_ONLY steps see careful solutions alone, long enough for the model to learn the
+arithmetic (its test accuracy passes 90% there); after that half of the demonstrations are hasty,
+and the model picks up the habit. It ends converged, not halfway through learning, and sits where RL
+has room: it still knows how to solve the problems (greedy accuracy over 90% when it writes one step
+per line) but often chooses the hasty form (about 5% accurate). Choosing between behaviours the model
+already has is the kind of change outcome-reward RL makes readily; the toy PRM sees the difference
+too, since a hasty chain that is wrong is a false equation.
+
+Demonstration slips, in careful solutions, at rates P_MISCOPY and P_MISRESULT:
   miscopy:   one number is copied wrong from the question (17 -> 18) and the arithmetic is then
              right, so every step is a true equation but the final answer is wrong;
   misresult: one intermediate result is miswritten (12 + 17 = 28) while the next step carries on
              from the true value 29, so the answer is right through a false step.
-The warm-started model then makes both kinds of mistake itself. A step-level PRM cannot see the
-first kind and an outcome reward cannot see the second: the RL stage needs both to exist.
+The warm-started model makes both kinds of mistake itself when it samples. A step-level PRM cannot
+see the first kind and an outcome reward cannot see the second: the RL stage needs both to exist.
 
 Everything is seeded and the step count is fixed, so two builds give the same weights.
 """
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,8 +52,9 @@ SEED = 0
 OUT = HERE / "model"
 VOCAB_SIZE = 400            # upper bound: the BPE runs out of merges on this small corpus first
 P_MISCOPY, P_MISRESULT = 0.08, 0.08
+P_HASTY, CAREFUL_ONLY = 0.5, 1100   # hasty share of demonstrations after the first CAREFUL_ONLY steps
 HIDDEN, LAYERS, INTERMEDIATE = 128, 4, 384
-SFT_STEPS, BATCH, LR, WARMUP = 700, 32, 2e-3, 50
+SFT_STEPS, BATCH, LR, WARMUP = 1500, 32, 2e-3, 50
 EVAL_BATCH, MAX_NEW_TOKENS = 100, 64
 
 
@@ -54,8 +67,25 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def demonstration(question: str, rng: random.Random) -> str:
-    """The solution text for one warm-start example, with a slip at rates P_MISCOPY, P_MISRESULT."""
+def hasty(question: str) -> str:
+    """`12 + 17 - 9 + 6 = 26` then the answer line: the right answer, but no working shown."""
+    first, ops = parse(question)
+    answer = steps(first, ops)[-1][3]
+    chain = " ".join([str(first)] + [f"{op} {n}" for op, n in ops])
+    return f"{chain} = {answer}\nAnswer: {answer}"
+
+
+def is_hasty(completion: str) -> bool:
+    """A completion whose first step holds more than one operation."""
+    s = split_steps(completion)
+    return bool(s) and len(re.findall(r"[-+]", s[0].split("=")[0])) > 1
+
+
+def demonstration(question: str, rng: random.Random, p_hasty: float) -> str:
+    """The solution text for one warm-start example: hasty with probability p_hasty, else careful
+    with a slip at rates P_MISCOPY, P_MISRESULT."""
+    if rng.random() < p_hasty:
+        return hasty(question)
     first, ops = parse(question)
     r = rng.random()
     if r < P_MISCOPY:
@@ -93,12 +123,12 @@ def build_model(tok) -> Qwen2ForCausalLM:
     return model
 
 
-def batch_tensors(tok, questions, rng):
+def batch_tensors(tok, questions, rng, p_hasty):
     """Right-padded prompt + demonstration + eos; labels are -100 outside the demonstration."""
     rows = []
     for q in questions:
         p = tok(build_prompt(q)).input_ids
-        s = tok(demonstration(q, rng)).input_ids + [tok.eos_token_id]
+        s = tok(demonstration(q, rng, p_hasty)).input_ids + [tok.eos_token_id]
         rows.append((p + s, [-100] * len(p) + s))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id)
@@ -117,7 +147,8 @@ def sft(model, tok, questions, n_steps, on_step=None):
         opt, lambda i: min((i + 1) / WARMUP, (n_steps - i) / (n_steps - WARMUP)))
     model.train()
     for step in range(1, n_steps + 1):
-        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng)
+        p_hasty = P_HASTY if step > CAREFUL_ONLY else 0.0
+        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng, p_hasty)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -129,21 +160,27 @@ def sft(model, tok, questions, n_steps, on_step=None):
     model.eval()
 
 
-def evaluate(model, tok, problems) -> dict:
-    """Greedy accuracy, plus the two kinds of mistake the RL stage needs, with progrs.py's own
-    generate, verifier and equation checker."""
+def evaluate(model, tok, problems, temperature=0.0) -> dict:
+    """Accuracy (greedy at temperature 0, else one sample per problem), accuracy per solver style,
+    and the two kinds of mistake the RL stage needs, with progrs.py's own generate, verifier and
+    equation checker."""
     tok.padding_side = "left"
     texts = []
     for i in range(0, len(problems), EVAL_BATCH):
         prompts = [build_prompt(p["question"]) for p in problems[i:i + EVAL_BATCH]]
-        texts += generate(model, tok, prompts, 1, MAX_NEW_TOKENS, 0.0, no_amp)["texts"]
+        texts += generate(model, tok, prompts, 1, MAX_NEW_TOKENS, temperature, no_amp)["texts"]
     tok.padding_side = "right"
     correct = [is_correct(t, p["answer"]) for t, p in zip(texts, problems)]
     checks = [[check_equations(s) for s in split_steps(t)] for t in texts]
     right = [c for c, ok in zip(checks, correct) if ok]
     wrong = [c for c, ok in zip(checks, correct) if not ok]
+    hasty_ok = [ok for t, ok in zip(texts, correct) if is_hasty(t)]
+    careful_ok = [ok for t, ok in zip(texts, correct) if not is_hasty(t)]
     return {
         "accuracy": sum(correct) / len(problems),
+        "hasty_share": len(hasty_ok) / len(problems),
+        "hasty_accuracy": sum(hasty_ok) / max(1, len(hasty_ok)),
+        "careful_accuracy": sum(careful_ok) / max(1, len(careful_ok)),
         # correct answers reached through at least one false step
         "correct_with_false_step": sum(any(f for _, f in c) for c in right) / max(1, len(right)),
         # wrong answers whose every step is a true equation
@@ -151,6 +188,13 @@ def evaluate(model, tok, problems) -> dict:
         / max(1, len(wrong)),
         "completions": texts, "correct": correct,
     }
+
+
+def report(name: str, res: dict) -> None:
+    print(f"{name}: accuracy {res['accuracy']:.1%}; hasty on {res['hasty_share']:.1%} of problems "
+          f"({res['hasty_accuracy']:.1%} right), careful {res['careful_accuracy']:.1%} right; "
+          f"{res['correct_with_false_step']:.1%} of right answers have a false step, "
+          f"{res['wrong_with_all_true_steps']:.1%} of wrong ones have only true steps")
 
 
 def main():
@@ -173,11 +217,10 @@ def main():
     model.save_pretrained(OUT)
     tok.save_pretrained(OUT)
 
-    res = evaluate(model, tok, test)
-    print(f"parameters                         {n_params:,}")
-    print(f"greedy test accuracy               {res['accuracy']:.1%}  ({len(test)} problems)")
-    print(f"correct answers with a false step  {res['correct_with_false_step']:.1%}")
-    print(f"wrong answers with all steps true  {res['wrong_with_all_true_steps']:.1%}")
+    print(f"parameters {n_params:,}; {len(test)} test problems")
+    report("greedy", evaluate(model, tok, test))
+    torch.manual_seed(SEED)
+    report("sampled at temperature 1 (what RL sees)", evaluate(model, tok, test, temperature=1.0))
     print(f"saved to {OUT} in {time.time() - t0:.0f}s")
 
 

@@ -64,7 +64,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--jobs", type=int, default=2)
     a = p.parse_args()
     P, G = 16, 8
