@@ -324,6 +324,20 @@ def grads_after_update(model, batch, adv, micro_batch):
     return torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
 
 
+def test_committed_warm_start_leaves_room_for_rl(tiny):
+    """The tiny model is what the default run trains: greedy accuracy between 40% and 70%, a mix of
+    step-by-step and one-line (hasty) answers, and steps-per-answer in between (tiny_task/build_model.py)."""
+    model, tok = tiny
+    problems = load_problems(HERE / "tiny_task" / "test.jsonl")
+    args = progrs.build_parser().parse_args(["--eval-batch", "256", "--max-new-tokens", "64"])
+    args.q_index = 0
+    res = progrs.evaluate(model, tok, problems, args, ToyPRM(), no_amp)
+    assert 0.40 <= res["eval_accuracy"] <= 0.70
+    one_line = sum(len(split_steps(t)) == 1 for t in res["texts"]) / len(problems)
+    assert 0.2 <= one_line <= 0.8
+    assert 1.2 <= res["eval_steps_per_answer"] <= 2.8
+
+
 def test_same_gradient_for_any_micro_batch_split(tiny):
     model, tok = tiny
     batch = make_batch(model, tok)

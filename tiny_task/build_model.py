@@ -1,7 +1,7 @@
 """Build the tiny model that `python progrs.py` trains by default, from nothing, on CPU.
 
     python tiny_task/make_data.py      # once: tiny_task/train.jsonl, tiny_task/test.jsonl
-    python tiny_task/build_model.py    # about three minutes on 2 CPU cores: tiny_task/model/
+    python tiny_task/build_model.py    # about 3.5 minutes on 2 CPU cores: tiny_task/model/
 
 1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
    (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
@@ -15,12 +15,14 @@ Two solvers write the demonstrations (a deliberate choice: it is what gives RL r
   hasty:    the whole chain on one line, `12 + 17 - 9 + 6 = 26`, which a model this small cannot
             compute reliably in one go.
 The first CAREFUL_ONLY steps see careful solutions alone, long enough for the model to learn the
-arithmetic (its test accuracy passes 90% there); after that half of the demonstrations are hasty,
-and the model picks up the habit. It ends converged, not halfway through learning, and sits where RL
-has room: it still knows how to solve the problems (greedy accuracy over 90% when it writes one step
-per line) but often chooses the hasty form (about 5% accurate). Choosing between behaviours the model
-already has is the kind of change outcome-reward RL makes readily; the toy PRM sees the difference
-too, since a hasty chain that is wrong is a false equation.
+arithmetic (the training loss drops from about 0.11 to 0.04 between steps 900 and 1000); after that
+half of the demonstrations are hasty, and the model picks up the habit. It ends converged, not
+halfway through learning, and sits where RL has room: it still knows how to solve the problems
+(greedy accuracy 97% when it writes one step per line) but chooses the hasty form on about half of
+them (6% accurate). Choosing between behaviours the model already has is the kind of change
+outcome-reward RL makes readily; the toy PRM sees the difference too, since a hasty chain that is
+wrong is a false equation. (An earlier warm start with careful solutions only, stopped at 700 steps
+while still learning, sat at 54% and every RL setting we tried lowered it.)
 
 Demonstration slips, in careful solutions, at rates P_MISCOPY and P_MISRESULT:
   miscopy:   one number is copied wrong from the question (17 -> 18) and the arithmetic is then
