@@ -137,23 +137,27 @@ def load_problems(path) -> list[dict]:
     if not path.is_file():
         raise ProgrsError(f"{path}: no such data file (expected JSONL with 'question' and 'answer')")
     problems = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ProgrsError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one "
-                                  "{\"question\": ..., \"answer\": ...} object per line") from None
-            if not (isinstance(rec, dict) and isinstance(rec.get("question"), str)
-                    and isinstance(rec.get("answer"), (str, int, float))):
-                raise ProgrsError(f"{path}:{lineno}: expected an object with a string 'question' "
-                                  "and an 'answer'")
-            gold = parse_gold(str(rec["answer"]))
-            if not rec["question"].strip() or not gold:
-                raise ProgrsError(f"{path}:{lineno}: empty 'question' or empty final answer")
-            problems.append({"question": rec["question"].strip(), "gold": gold})
+    try:
+        # split("\n"), not splitlines(): a JSON string may hold U+2028, which is no line end in JSONL
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise ProgrsError(f"{path}: not UTF-8 text (byte {e.start}); expected JSONL") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ProgrsError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one "
+                              "{\"question\": ..., \"answer\": ...} object per line") from None
+        if not (isinstance(rec, dict) and isinstance(rec.get("question"), str)
+                and isinstance(rec.get("answer"), (str, int, float))):
+            raise ProgrsError(f"{path}:{lineno}: expected an object with a string 'question' "
+                              "and an 'answer'")
+        gold = parse_gold(str(rec["answer"]))
+        if not rec["question"].strip() or not gold:
+            raise ProgrsError(f"{path}:{lineno}: empty 'question' or empty final answer")
+        problems.append({"question": rec["question"].strip(), "gold": gold})
     if not problems:
         raise ProgrsError(f"{path}: no records (expected JSONL with 'question' and 'answer')")
     return problems
@@ -254,7 +258,8 @@ def split_steps(completion: str) -> list[str]:
 # Toy step-level PRM (frozen)
 #
 # The paper reads a trained quantile-regression PRM: for step s, the quantiles q_tau(s) of the
-# probability that the reasoning so far is sound. Ours is a rule, with the same interface:
+# probability of success. A trained PRM conditions on every step so far; ours judges each step on its
+# own (its equations), which is enough to show the mechanism. Ours is a rule, with the same interface:
 #   evidence:  t = true equations in the step, f = false ones (checked arithmetically),
 #   belief:    p(sound) ~ Beta(1 + k*t, 1 + k*f)            (k = EVIDENCE, uniform prior),
 #   output:    q_tau = the tau-quantile of that Beta, for tau in TAUS (non-decreasing in tau).
@@ -406,10 +411,13 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
 # Advantages
 #
 # Outcome (GRPO):  A_out_ij = (r_ij - mean_j r_i) / (std_j r_i + eps)          r in {0, 1}
+#                  (population std, as in the GRPO paper's formula; some trainers use the sample std)
 # --mode progrs:   A_ij = A_out_ij + lam * c_ij,  c = outcome_conditioned_centering(b, r)   (our
 #                  reading of the paper's Eq. 3). A group whose rollouts share one outcome has A_out = 0
 #                  and learns only from the bonus: all wrong -> which wrong answers had better steps;
-#                  all right -> more credit to right answers with sound steps.
+#                  all right -> every rollout gets a positive advantage lam * b, more for sounder
+#                  steps: a push towards all of them, like supervised training on its own right
+#                  answers (our reading: correct rollouts keep their uncentered score).
 # --mode outcome:  A = A_out (plain GRPO; the PRM is computed and logged but not used).
 # --mode absolute: the naive blend the paper warns against: reward = r + lam * b, group-normalised.
 #                  A wrong answer with fluent steps can then out-score a right one.
@@ -529,9 +537,11 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
 # baselines and the clip never acts. Only with --ppo-epochs K > 1 does the policy move away from the
 # one that sampled, and the clipped ratio keeps later epochs near it.
 #
-# The logged loss sits near zero while the gradient does not: with rho = 1 the loss is
-# -(1/N) sum_i A_i * len_i, and advantages are centred within each group, so it is ~0 whatever the
-# gradient sum_i A_i grad log pi(y_i) is. Watch accuracy and the gradient norm, not the loss.
+# The logged loss says little about learning: with rho = 1 its value is -(1/N) sum_i A_i * len_i,
+# a length-weighted sum of advantages, while the gradient is -(1/N) sum_i A_i sum_t grad log pi(y_it).
+# It is negative in --mode progrs (right rollouts keep an uncentred bonus +lam * b, so advantages do
+# not sum to zero in a group) and moves with any link between advantage and length (in --mode outcome
+# right answers are longer than wrong ones here). Watch accuracy and the gradient norm, not the loss.
 #
 # KL to a frozen copy of the initial model (k3 estimator: exp(ref - logp) - (ref - logp) - 1) is off
 # by default: with verifiable rewards and few steps the policy drifts little, the reference costs a
@@ -794,6 +804,11 @@ def check_args(args) -> None:
         rules.append((f"--{flag.replace('_', '-')}", v is None or v >= 1, "at least 1"))
     rules += [("--eval-size", args.eval_size is None or args.eval_size >= 0, "0 (all) or more"),
               ("--lr", args.lr is None or args.lr > 0, "positive")]
+    for flag in ("lam", "temperature", "lam_var", "kl_coef", "max_grad_norm", "lr"):
+        v = getattr(args, flag)
+        rules.insert(0, (f"--{flag.replace('_', '-')}", v is None or math.isfinite(v), "a finite number"))
+    rules.append(("--out", not Path(args.out).exists() or Path(args.out).is_dir(),
+                  "a folder (it is an existing file)"))
     for flag, ok, expected in rules:
         if not ok:
             raise ProgrsError(f"{flag}: expected {expected}, got {getattr(args, flag[2:].replace('-', '_'))}")

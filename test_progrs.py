@@ -411,6 +411,9 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
     (["--group-size", "1"], "--group-size"),
     (["--mode", "best"], "--mode"),
     (["--lam", "-1"], "--lam"),
+    (["--lam", "inf"], "--lam"),
+    (["--lr", "nan"], "--lr"),
+    (["--out", "progrs.py"], "--out"),
     (["--model", "./no/such/model"], "--model"),
 ])
 def test_cli_bad_input_is_one_line(flags, needle):
@@ -430,3 +433,7 @@ def test_cli_malformed_jsonl_names_file_and_line(tmp_path):
     missing.write_text('{"question": "What is 1 + 1?"}\n')
     err = run_cli("--eval-data", str(missing), "--steps", "1").stderr.strip().splitlines()
     assert len(err) == 1 and f"{missing}:1" in err[0] and "answer" in err[0]
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"question": "Caf\u00e9 1 + 1?", "answer": "2"}\n'.encode("latin-1"))
+    err = run_cli("--data", str(latin1), "--steps", "1").stderr.strip().splitlines()
+    assert len(err) == 1 and str(latin1) in err[0] and "UTF-8" in err[0]
