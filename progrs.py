@@ -834,6 +834,9 @@ def load_model(name: str, device: torch.device):
     looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
     if not Path(name).exists() and not looks_like_hub_id:
         raise ProgrsError(f"--model {name}: no such folder (expected a model folder or a hub id)")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise ProgrsError(f"--model {name}: no config.json in this folder (expected a saved model: "
+                          "config.json, weights and tokenizer files)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates

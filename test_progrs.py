@@ -415,6 +415,7 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
     (["--lr", "nan"], "--lr"),
     (["--out", "progrs.py"], "--out"),
     (["--model", "./no/such/model"], "--model"),
+    (["--model", "tiny_task"], "config.json"),
 ])
 def test_cli_bad_input_is_one_line(flags, needle):
     proc = run_cli(*flags, "--steps", "1")
