@@ -258,8 +258,8 @@ def split_steps(completion: str) -> list[str]:
 # Toy step-level PRM (frozen)
 #
 # The paper reads a trained quantile-regression PRM: for step s, the quantiles q_tau(s) of the
-# probability of success. A trained PRM conditions on every step so far; ours judges each step on its
-# own (its equations), which is enough to show the mechanism. Ours is a rule, with the same interface:
+# probability of success. A trained PRM conditions on every step so far; ours is a rule that judges
+# each step on its own (its equations), which is enough to show the mechanism, with the same interface:
 #   evidence:  t = true equations in the step, f = false ones (checked arithmetically),
 #   belief:    p(sound) ~ Beta(1 + k*t, 1 + k*f)            (k = EVIDENCE, uniform prior),
 #   output:    q_tau = the tau-quantile of that Beta, for tau in TAUS (non-decreasing in tau).
@@ -411,7 +411,7 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
 # Advantages
 #
 # Outcome (GRPO):  A_out_ij = (r_ij - mean_j r_i) / (std_j r_i + eps)          r in {0, 1}
-#                  (population std, as in the GRPO paper's formula; some trainers use the sample std)
+#                  (population std; some trainers use the sample std, a slightly smaller A_out)
 # --mode progrs:   A_ij = A_out_ij + lam * c_ij,  c = outcome_conditioned_centering(b, r)   (our
 #                  reading of the paper's Eq. 3). A group whose rollouts share one outcome has A_out = 0
 #                  and learns only from the bonus: all wrong -> which wrong answers had better steps;
@@ -804,9 +804,10 @@ def check_args(args) -> None:
         rules.append((f"--{flag.replace('_', '-')}", v is None or v >= 1, "at least 1"))
     rules += [("--eval-size", args.eval_size is None or args.eval_size >= 0, "0 (all) or more"),
               ("--lr", args.lr is None or args.lr > 0, "positive")]
-    for flag in ("lam", "temperature", "lam_var", "kl_coef", "max_grad_norm", "lr"):
-        v = getattr(args, flag)
-        rules.insert(0, (f"--{flag.replace('_', '-')}", v is None or math.isfinite(v), "a finite number"))
+    finite = [(f"--{f.replace('_', '-')}", getattr(args, f) is None or math.isfinite(getattr(args, f)),
+               "a finite number")
+              for f in ("lam", "temperature", "lam_var", "kl_coef", "max_grad_norm", "lr")]
+    rules = finite + rules  # inf/nan first: they would pass the range checks below or fail obscurely
     rules.append(("--out", not Path(args.out).exists() or Path(args.out).is_dir(),
                   "a folder (it is an existing file)"))
     for flag, ok, expected in rules:
