@@ -34,7 +34,6 @@ see the first kind and an outcome reward cannot see the second: the RL stage nee
 
 Everything is seeded and the step count is fixed, so two builds give the same weights.
 """
-import json
 import random
 import re
 import sys
@@ -48,7 +47,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from make_data import MAX_RESULT, parse, render, steps  # noqa: E402
-from progrs import build_prompt, check_equations, generate, is_correct, split_steps  # noqa: E402
+from progrs import (ToyPRM, build_prompt, check_equations, generate, load_problems,  # noqa: E402
+                    score_completions, split_steps)
 
 SEED = 0
 OUT = HERE / "model"
@@ -62,11 +62,6 @@ EVAL_BATCH, MAX_NEW_TOKENS = 100, 64
 
 def no_amp():
     return torch.autocast("cpu", enabled=False)
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def hasty(question: str) -> str:
@@ -172,10 +167,9 @@ def evaluate(model, tok, problems, temperature=0.0) -> dict:
         prompts = [build_prompt(p["question"]) for p in problems[i:i + EVAL_BATCH]]
         texts += generate(model, tok, prompts, 1, MAX_NEW_TOKENS, temperature, no_amp)["texts"]
     tok.padding_side = "right"
-    correct = [is_correct(t, p["answer"]) for t, p in zip(texts, problems)]
-    checks = [[check_equations(s) for s in split_steps(t)] for t in texts]
-    right = [c for c, ok in zip(checks, correct) if ok]
-    wrong = [c for c, ok in zip(checks, correct) if not ok]
+    scored = score_completions(problems, texts, ToyPRM(), 0, 1.0)  # progrs.py's verifier and PRM
+    correct = scored["correct"]
+    wrong = [[check_equations(s) for s in split_steps(t)] for t, ok in zip(texts, correct) if not ok]
     hasty_ok = [ok for t, ok in zip(texts, correct) if is_hasty(t)]
     careful_ok = [ok for t, ok in zip(texts, correct) if not is_hasty(t)]
     return {
@@ -184,11 +178,10 @@ def evaluate(model, tok, problems, temperature=0.0) -> dict:
         "hasty_accuracy": sum(hasty_ok) / max(1, len(hasty_ok)),
         "careful_accuracy": sum(careful_ok) / max(1, len(careful_ok)),
         # correct answers reached through at least one false step
-        "correct_with_false_step": sum(any(f for _, f in c) for c in right) / max(1, len(right)),
+        "correct_with_false_step": sum(scored["trace_error"]) / max(1, sum(correct)),
         # wrong answers whose every step is a true equation
         "wrong_with_all_true_steps": sum(bool(c) and all(t and not f for t, f in c) for c in wrong)
         / max(1, len(wrong)),
-        "completions": texts, "correct": correct,
     }
 
 
@@ -202,9 +195,8 @@ def report(name: str, res: dict) -> None:
 def main():
     t0 = time.time()
     torch.manual_seed(SEED)
-    train = read_jsonl(HERE / "train.jsonl")
-    test = read_jsonl(HERE / "test.jsonl")
-    questions = [r["question"] for r in train]
+    questions = [p["question"] for p in load_problems(HERE / "train.jsonl")]
+    test = load_problems(HERE / "test.jsonl")
 
     tok = build_tokenizer(questions)
     sample = build_prompt(questions[0]) + render(steps(*parse(questions[0])))
