@@ -355,6 +355,37 @@ class ToyPRM:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Learned PRM (frozen), behind the same score(question, steps) -> (S, Q) interface
+#
+# A Hugging Face token-classification model reads the prompt followed by the steps, each ending with
+# STEP_SEP, and is read at the last token of each step (the separator). Two kinds of head:
+#   quantile head: one output per tau, id2label {0: "q0.1", 1: "q0.5", 2: "q0.9"}; the raw outputs
+#       z are mapped to quantiles that cannot cross, whatever the weights:
+#           q_tau1 = sigmoid(z_1),   q_tauk = sigmoid(z_1 + softplus(z_2) + ... + softplus(z_k))
+#   two-class head ("bad step" / "good step"): p(good) = softmax(z)[good], its one score.
+# tiny_task/build_prm.py trains a quantile head with the pinball loss on Monte-Carlo success rates.
+
+STEP_SEP = "\n"
+
+
+def prm_inputs(tokenizer, question: str, steps: list[str], sep: str = STEP_SEP):
+    """(token ids of prompt + steps, index of each step's last token). Each piece is tokenised on its
+    own, so a step's end is exact whatever the tokenizer merges across a boundary."""
+    ids = tokenizer(build_prompt(question), add_special_tokens=False)["input_ids"]
+    ends = []
+    for step in steps:
+        ids = ids + tokenizer(step + sep, add_special_tokens=False)["input_ids"]
+        ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
+    """(..., Q) raw head outputs -> (..., Q) quantiles in (0, 1), strictly increasing along the last dim."""
+    steps = torch.cat([z[..., :1], torch.nn.functional.softplus(z[..., 1:])], -1)
+    return torch.sigmoid(steps.float().cumsum(-1))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Coherence: one process score b per trajectory
 #
 # Given step scores s_1..s_S (one PRM quantile per step), for each window size W in `windows`:
