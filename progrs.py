@@ -40,18 +40,25 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import functools
+import hashlib
 import json
 import math
+import os
 import random
 import re
+import shutil
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 
 HERE = Path(__file__).resolve().parent
 TINY_TASK = HERE / "tiny_task"
@@ -59,6 +66,12 @@ TINY_TASK = HERE / "tiny_task"
 
 class ProgrsError(Exception):
     """Bad input from the user: main() prints the message as one line and exits non-zero."""
+
+
+def first_line(e) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -78,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype; bf16 autocasts over fp32 master weights (auto: bf16 on cuda)")
     g.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=str(TINY_TASK / "train.jsonl"), help="train prompts (JSONL)")
-    g.add_argument("--eval-data", default=str(TINY_TASK / "test.jsonl"), help="eval set (JSONL)")
+    g.add_argument("--data", default=None, help="train prompts: a JSONL file or `gsm8k`")
+    g.add_argument("--eval-data", default=None, help="eval problems: a JSONL file or `gsm8k`")
     g.add_argument("--eval-size", type=int, default=None, help="eval problems (0: all)")
     g.add_argument("--eval-every", type=int, default=None, help="steps between greedy evals")
     g.add_argument("--eval-batch", type=int, default=None, help="prompts per greedy eval batch")
@@ -93,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="progrs", choices=["progrs", "outcome", "absolute"],
                    help="progrs: A_out + lam*centered b | outcome: plain GRPO | absolute: r + lam*b")
     g.add_argument("--lam", type=float, default=1.0, help="weight of the process bonus (>= 0)")
-    g.add_argument("--prm-quantile", type=float, default=0.1, help="which PRM quantile to read")
+    g.add_argument("--prm", default="toy", help="toy (the rule PRM) | a PRM folder | a hub id")
+    g.add_argument("--prm-quantile", type=float, default=None,
+                   help="which of the PRM's quantiles to read (default: its lowest)")
     g.add_argument("--lam-var", type=float, default=1.0, help="coherence volatility penalty")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
@@ -104,16 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
     g = p.add_argument_group("logging")
     g.add_argument("--out", default="out", help="metrics.jsonl, config.json and model/ go here")
+    g.add_argument("--save-every", type=int, default=None,
+                   help="steps between checkpoints to OUT/model (default: at each evaluation)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same CPU: same numbers")
     return p
 
 
-# Defaults that depend on the model's size: the tiny CPU model vs a 0.5B-class LLM on a GPU.
+# Defaults that depend on the model's size: the tiny CPU model on its own task vs a 0.5B-class LLM on
+# GSM8K on a GPU.
 SIZE_DEFAULTS = {
-    "tiny": dict(steps=60, prompts_per_step=16, max_new_tokens=64, lr=1e-4, micro_batch=128,
+    "tiny": dict(data=str(TINY_TASK / "train.jsonl"), eval_data=str(TINY_TASK / "test.jsonl"),
+                 steps=60, prompts_per_step=16, max_new_tokens=64, lr=1e-4, micro_batch=128,
                  eval_every=20, eval_size=0, eval_batch=256),
-    "llm": dict(steps=200, prompts_per_step=16, max_new_tokens=512, lr=1e-6, micro_batch=8,
-                eval_every=25, eval_size=500, eval_batch=64),
+    "llm": dict(data="gsm8k", eval_data="gsm8k", steps=200, prompts_per_step=16, max_new_tokens=512,
+                lr=1e-6, micro_batch=8, eval_every=25, eval_size=500, eval_batch=64),
 }
 TINY_MAX_PARAMS = 50_000_000
 
@@ -163,6 +182,58 @@ def load_problems(path) -> list[dict]:
     return problems
 
 
+# GSM8K by name: `--data gsm8k` / `--eval-data gsm8k` are the train (7,473) and test (1,319) splits of
+# the original public release (MIT licence), downloaded once with the standard library into a cache
+# folder (PROGRS_CACHE, default ~/.cache/progrs), checked by line count and sha256, then read by
+# load_problems like any other file. PROGRS_GSM8K_URL points at a mirror holding train.jsonl and test.jsonl.
+GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
+GSM8K_SPLITS = {  # split -> (lines, sha256)
+    "train": (7473, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
+    "test": (1319, "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"),
+}
+
+
+def _gsm8k_problem(data: bytes, split: str) -> str | None:
+    """What is wrong with a downloaded split, or None if it is the release we pinned."""
+    lines, sha = GSM8K_SPLITS[split]
+    got_lines, got_sha = data.count(b"\n"), hashlib.sha256(data).hexdigest()
+    if got_lines != lines:
+        return f"{got_lines} lines, expected {lines}"
+    if got_sha != sha:
+        return f"sha256 {got_sha[:12]}..., expected {sha[:12]}..."
+    return None
+
+
+def gsm8k_file(split: str, flag: str) -> Path:
+    """The local path of a GSM8K split, downloaded and checked the first time it is asked for."""
+    import urllib.request
+
+    cache = Path(os.environ.get("PROGRS_CACHE") or Path.home() / ".cache" / "progrs")
+    path = cache / f"gsm8k_{split}.jsonl"
+    if path.is_file():
+        return path  # checked before it was written
+    url = f"{os.environ.get('PROGRS_GSM8K_URL', GSM8K_URL).rstrip('/')}/{split}.jsonl"
+    hint = f"pass a local copy instead: {flag} path/to/gsm8k_{split}.jsonl"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data = response.read()
+    except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
+        raise ProgrsError(f"{flag} gsm8k: could not download {url} "
+                          f"({first_line(getattr(e, 'reason', e))}); {hint}") from None
+    problem = _gsm8k_problem(data, split)
+    if problem:
+        raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split ({problem}); {hint}")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: an interrupted download never leaves a half file in the cache
+    return path
+
+
+def load_data(value: str, split: str, flag: str) -> list[dict]:
+    """--data / --eval-data: a JSONL path, or `gsm8k` for that split of GSM8K."""
+    return load_problems(gsm8k_file(split, flag) if value == "gsm8k" else value)
+
 # ----------------------------------------------------------------------------------------------------
 # Prompt
 #
@@ -184,59 +255,104 @@ def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Verifier: exact match on the final answer
+# Verifier: exact match on the first committed answer
 #
-# r = 1 if the completion's final answer equals the gold answer, else 0. The final answer is the last
-# \boxed{...}, else the last "Answer: ...", else the last "#### ...". No answer -> r = 0: there is no
-# fallback to "the last number in the text", which would reward answers the model never committed to.
+# The rule. A completion commits to its answer on its *answer line*: the first line that closes a
+# \boxed{...} (braces matched, so \boxed{\frac{1}{2}} is whole) or that holds "Answer:" (any case,
+# markdown asterisks allowed: **Answer:** 18) or "####", followed by text. The answer is the boxed
+# content(s) on that line if any, else the text after the marker. Generation stops at the end of the
+# answer line (generate), so what a model writes after it (a base model's next invented question and
+# its "Answer: 7") is never judged and never trained. No answer line -> r = 0: there is no fallback to
+# "the last number in the text", which would reward answers the model never committed to.
+#
+# r = 1 when the answer matches the gold. A numeric gold matches when the answer holds exactly one
+# number (repeats of the same value allowed) equal to it by value: thousands commas, `$`, `\$`, `%`,
+# markdown and unit words around it do not matter ("$1,234.00 dollars" == 1234); two different
+# numbers ("5 or 6", the range "10-20") never match. Any other gold is compared as a string, after
+# dropping spaces at the ends, `$`, `*` and one trailing period.
+# Every function here runs in time linear in the text and accepts any string.
 
-def _find_answer(text: str) -> tuple[str, int] | None:
-    """(answer, index where its marker starts) of the answer the completion commits to, or None."""
-    start = text.rfind("\\boxed{")
-    while start != -1:  # brace matching, so \boxed{\frac{1}{2}} gives \frac{1}{2}
-        i, depth = start + len("\\boxed{"), 1
-        for j in range(i, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                return text[i:j].strip(), start
-        start = text.rfind("\\boxed{", 0, start)  # unclosed: try an earlier one
-    for marker in ("Answer:", "####"):
-        k = text.rfind(marker)
-        if k != -1:
-            answer = text[k + len(marker):].split("\n", 1)[0].strip()
-            return (answer, k) if answer else None
+_ANSWER_MARK = re.compile(r"answer[*\s]{0,8}:|####", re.IGNORECASE)
+_BOX_EVENT = re.compile(r"\\boxed\s*\{|[{}]")
+_NUMBER = re.compile(r"(?<![0-9.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+
+
+class AnswerLine(NamedTuple):
+    answer: str   # what the completion commits to
+    start: int    # index where the answer line starts
+    end: int      # index just past the answer line (past its newline, if it has one)
+    ended: bool   # the line is finished: a newline follows it
+
+
+def _closed_boxes(text: str) -> list[tuple[int, int]]:
+    """(content start, closing brace index) of every closed outermost \\boxed{...}, in one pass."""
+    depth, open_at, boxes = 0, [], []   # open_at: (content start, depth at which the box closes)
+    for m in _BOX_EVENT.finditer(text):
+        if m.group() == "}":
+            if open_at and open_at[-1][1] == depth:
+                start = open_at.pop()[0]
+                if not open_at:         # a box inside another box is part of that box's answer
+                    boxes.append((start, m.start()))
+            depth = max(depth - 1, 0)
+        else:
+            depth += 1
+            if m.group() != "{":
+                open_at.append((m.end(), depth))
+    return boxes
+
+
+def find_answer(text: str) -> AnswerLine | None:
+    """The completion's answer line (see the rule above), or None if it commits to nothing."""
+    boxes, k, start = _closed_boxes(text), 0, 0
+    while start <= len(text):
+        nl = text.find("\n", start)
+        end = len(text) if nl == -1 else nl
+        inside = []
+        while k < len(boxes) and boxes[k][1] < end:    # boxes that close on this line
+            inside.append(text[boxes[k][0]:boxes[k][1]].strip())
+            k += 1
+        answer = " ".join(inside)
+        if not answer:
+            mark = _ANSWER_MARK.search(text, start, end)
+            answer = text[mark.end():end].replace("*", "").strip() if mark else ""
+        if answer:
+            return AnswerLine(answer, start, end + (nl != -1), nl != -1)
+        if nl == -1:
+            return None
+        start = nl + 1
     return None
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer a completion commits to, or None (which counts as incorrect).
+    """The answer a completion commits to, or None (which counts as incorrect).
 
-    >>> extract_answer("2 + 3 = 5\\nAnswer: 5"), extract_answer("so \\\\boxed{\\\\frac{1}{2}}.")
-    ('5', '\\\\frac{1}{2}')
+    >>> extract_answer("2 + 3 = 5\\nAnswer: 5\\nQuestion: 1 + 1?\\nAnswer: 2")
+    '5'
+    >>> extract_answer("so \\\\boxed{\\\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
     """
-    found = _find_answer(text)
-    return found[0] if found else None
+    found = find_answer(text)
+    return found.answer if found else None
 
 
-_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
+def single_number(s: str) -> Decimal | None:
+    """The one numeric value written in s, or None when s holds no number or two different ones."""
+    values = {Decimal(m.group().replace(",", "")) for m in _NUMBER.finditer(s)}
+    return values.pop() if len(values) == 1 else None
 
 
-def normalize_answer(ans: str) -> str | float:
-    """Drop surrounding spaces, `$`, one trailing period and thousands commas; numbers become floats."""
-    s = ans.strip().replace("$", "").strip()
-    s = s[:-1].strip() if s.endswith(".") else s
-    if _NUMBER.fullmatch(s.replace(",", "")):
-        return float(s.replace(",", ""))
-    return s
+def answers_match(pred: str, gold: str) -> bool:
+    g = gold.strip().replace("$", "").replace(",", "").rstrip(".")
+    if _NUMBER.fullmatch(g):
+        return single_number(pred.replace("\\$", "$")) == Decimal(g)
+    clean = lambda s: s.replace("$", "").replace("*", "").strip().removesuffix(".").strip()  # noqa: E731
+    return clean(pred) == clean(gold)
 
 
 def is_correct(completion: str, gold: str) -> bool:
-    """Exact match after normalisation; numbers compare by value (72 == 72.0 == 72.00)."""
+    """Does the completion's first committed answer match the gold answer?"""
     pred = extract_answer(completion)
-    if pred is None:
-        return False
-    p, g = normalize_answer(pred), normalize_answer(gold)
-    return p == g  # float == float by value; str == str exactly; float vs str is never equal
+    return pred is not None and answers_match(pred, gold)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -249,8 +365,8 @@ def is_correct(completion: str, gold: str) -> bool:
 
 def split_steps(completion: str) -> list[str]:
     """The non-empty, stripped lines before the answer line (all lines if there is no answer)."""
-    found = _find_answer(completion)
-    body = completion if found is None else completion[:completion.rfind("\n", 0, found[1]) + 1]
+    found = find_answer(completion)
+    body = completion if found is None else completion[:found.start]
     return [line.strip() for line in body.split("\n") if line.strip()]
 
 
@@ -258,68 +374,113 @@ def split_steps(completion: str) -> list[str]:
 # Toy step-level PRM (frozen)
 #
 # The paper reads a trained quantile-regression PRM: for step s, the quantiles q_tau(s) of the
-# probability of success. A trained PRM conditions on every step so far; ours is a rule that judges
-# each step on its own (its equations), which is enough to show the mechanism, with the same interface:
-#   evidence:  t = true equations in the step, f = false ones (checked arithmetically),
-#   belief:    p(sound) ~ Beta(1 + k*t, 1 + k*f)            (k = EVIDENCE, uniform prior),
-#   output:    q_tau = the tau-quantile of that Beta, for tau in TAUS (non-decreasing in tau).
-# A step with no checkable equation keeps the uniform prior: q = tau, a neutral, wide distribution.
+# probability of success. A trained PRM conditions on every step so far (tiny_task/build_prm.py trains
+# one, and the next section loads it); the toy PRM is a transparent rule that judges each step on its
+# own arithmetic, behind the same interface:
+#   verdict:   a step is false if any equation in it is false, true if it has a true equation and no
+#              false one, and unjudged if it has no equation we can check,
+#   belief:    p(sound) ~ Beta(1 + k, 1) for a true step, Beta(1, 1 + k) for a false one (k = EVIDENCE),
+#   output:    q_tau = the tau-quantile of that Beta, for tau in taus (non-decreasing in tau);
+#              an unjudged step gets NaN: no opinion, and coherence skips it.
+# The verdict is per step, not per equation, so writing more true equations on a line does not raise
+# its score: "2 + 2 = 4 and 4 + 1 = 5" scores as one true step. And a line of prose is truly neutral:
+# inserting it anywhere leaves the process score unchanged.
+#
+#   step                      t  f   q_0.1  q_0.5  q_0.9
+#   "47 + 28 = 75"            1  0   0.63   0.87   0.98
+#   "so we subtract"          0  0   NaN    NaN    NaN     (unjudged)
+#   "75 - 19 = 55"            0  1   0.02   0.13   0.37
 #
 # Its blind spot is deliberate, and it is a real PRM's blind spot too: it checks that each equation is
 # true, not that the step uses the problem's numbers or leads to the answer. "29 + 14 = 43" scores as a
 # sound step even when the question said 28. Fluent but wrong reasoning scores high. This is exactly
 # what outcome-conditioned centering protects against: such a rollout can beat other wrong rollouts,
 # never a correct one.
+#
+# Any string can be scored, in time linear in its length: an equation's left side is the run of
+# arithmetic characters just before an "=", at most MAX_EXPR characters, with numbers of at most
+# MAX_DIGITS digits; anything longer, non-finite or unparsable is not checkable and is no evidence.
 
-_NUM = r"\d[\d,]*(?:\.\d+)?"
-_EQUATION = re.compile(  # a op b [op c ...] = c, also "= $c"; chains like 47 + 28 - 19 = 56
-    rf"(?<![\w.])\(*-?{_NUM}\)*(?:\s*[-+*/×x÷]\s*\(*-?{_NUM}\)*)+\s*=\s*\$?\s*(-?{_NUM})")
+MAX_EXPR, MAX_DIGITS = 120, 15
+_EXPR_CHARS = frozenset("0123456789.,+-–−*/×x÷()$ ")  # with the en dash and minus sign
+_RHS = re.compile(rf"\s*\$?\s*(-?[0-9][0-9,]{{0,{2 * MAX_DIGITS}}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?)(?![0-9])")
+_RHS_GOES_ON = re.compile(r"[A-Za-z]*\s*[-–−+*/×÷%^(]|\s+[0-9]")
+_TIMES = re.compile(r"(?<=[0-9)])\s*[x×]\s*(?=[0-9(])")    # "3 x 4", "3x4"; "3x + 4" is algebra
+_THOUSANDS = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
+_ANNOTATION = re.compile(rf"<<([^<>=]{{1,{MAX_EXPR}}})=([^<>=]{{1,{2 * MAX_DIGITS}}})>>")
+_BIN_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+            ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b if b else None}
 
 
-_ANNOTATION = re.compile(r"<<([^<>]*=[^<>]*)>>")
+def safe_eval(expr: str, need_op: bool = False) -> float | None:
+    """Evaluate + - * / and parentheses over numbers; anything else (x/0, inf, too long) gives None.
 
-
-def safe_eval(expr: str) -> float | None:
-    """Evaluate + - * / and parentheses over numbers; anything else (or x/0) gives None.
-
-    Model text never reaches eval(): ast.parse only builds a tree, and we walk it ourselves.
+    Model text never reaches eval(): ast.parse only builds a tree (of at most MAX_EXPR characters),
+    and we walk it ourselves. need_op: only an expression with an operator counts ("3" gives None).
     """
-    expr = expr.replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/")
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError:
+    expr = _TIMES.sub("*", _THOUSANDS.sub("", expr)).replace("$", "").replace("÷", "/") \
+        .replace("–", "-").replace("−", "-").strip()
+    if not expr or len(expr) > MAX_EXPR or re.search(rf"[0-9]{{{MAX_DIGITS + 1}}}", expr):
         return None
-    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-           ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if need_op and not isinstance(tree, ast.BinOp):
+        return None
 
     def walk(node):
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
             return float(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = walk(node.operand)
             return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
-        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+        if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
             a, b = walk(node.left), walk(node.right)
-            if a is None or b is None or (isinstance(node.op, ast.Div) and b == 0):
-                return None
-            return ops[type(node.op)](a, b)
+            return None if a is None or b is None else _BIN_OPS[type(node.op)](a, b)
         return None
 
-    return walk(tree)
+    try:
+        value = walk(tree)
+    except (RecursionError, OverflowError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _lhs_before(text: str, eq: int) -> str | None:
+    """The arithmetic run that ends at text[eq] == "=", or None (too long, or it starts mid-word)."""
+    i = eq
+    while i > 0 and text[i - 1] in _EXPR_CHARS and (text[i - 1] != "." or text[i:i + 1].isdigit()):
+        i -= 1
+        if eq - i > MAX_EXPR:
+            return None
+    run = text[i:eq]
+    comma = run.rfind(", ")                            # "2, 3 + 4 = 7": a list, then an equation
+    m = re.search(r"[0-9(]|-(?=[0-9(])", run[comma + 1:])  # start at a number, sign or parenthesis
+    if m is None or run[comma + 1:][:m.start()].strip(" $"):
+        return None                                    # "9 hours * 2/3 = 6": the left operand is words
+    start = i + comma + 1 + m.start()
+    if start > 0 and (text[start - 1].isalnum() or text[start - 1] == "."):
+        return None                                    # "1e999 + 1", "v2 + 3": not a clean start
+    return text[start:eq]
 
 
 def check_equations(step: str) -> tuple[int, int]:
-    """(true, false) counts of the arithmetic equations written in one step."""
+    """(true, false) counts of the checkable arithmetic equations written in one step."""
     true = false = 0
-    annotations = _ANNOTATION.findall(step)           # GSM8K's "<<9*2=18>>" calculator notes
-    plain = _ANNOTATION.sub("", step)                 # "9 * 2 = $<<9*2=18>>18" -> "9 * 2 = $18"
-    for eq in annotations + [m.group(0) for m in _EQUATION.finditer(plain)]:
-        lhs, rhs = eq.rsplit("=", 1)
-        value, claimed = safe_eval(lhs), safe_eval(rhs.replace("$", "").strip())
+    pairs = [(m.group(1), m.group(2)) for m in _ANNOTATION.finditer(step)]  # GSM8K's <<9*2=18>>
+    plain = _ANNOTATION.sub("", step)                  # "9 * 2 = $<<9*2=18>>18" -> "9 * 2 = $18"
+    for eq in (m.start() for m in re.finditer("=", plain)):
+        rhs = _RHS.match(plain, eq + 1)
+        if rhs and _RHS_GOES_ON.match(plain, rhs.end()):
+            continue                                   # "= 3 1/2", "= 2/5", "= 50%": not one number
+        lhs = _lhs_before(plain, eq)
+        if rhs and lhs:
+            pairs.append((lhs, rhs.group(1)))
+    for lhs, rhs in pairs:
+        value, claimed = safe_eval(lhs, need_op=True), safe_eval(rhs)
         if value is None or claimed is None:
-            continue  # not checkable (e.g. division by zero): no evidence either way
+            continue  # not checkable: no evidence either way
         if math.isclose(value, claimed, rel_tol=1e-6, abs_tol=1e-6):
             true += 1
         else:
@@ -340,32 +501,43 @@ def beta_quantiles(a: float, b: float, taus: tuple[float, ...]) -> tuple[float, 
 class ToyPRM:
     """Frozen step-level PRM: score(question, steps) -> (S, Q) quantiles of p(step is sound).
 
-    To plug in a real PRM, replace score(); nothing else in the trainer looks inside it.
+    Every PRM here has `taus` and score(question, steps); score_batch scores many completions at once.
     """
 
-    TAUS = (0.1, 0.5, 0.9)
-    EVIDENCE = 4.0  # pseudo-counts one checked equation adds to the Beta belief
+    taus = (0.1, 0.5, 0.9)
+    EVIDENCE = 4.0  # pseudo-counts a step's verdict adds to the uniform Beta(1, 1) prior
 
     def score(self, question: str, steps: list[str]) -> torch.Tensor:
         rows = []
         for step in steps:
             t, f = check_equations(step)
-            rows.append(beta_quantiles(1 + self.EVIDENCE * t, 1 + self.EVIDENCE * f, self.TAUS))
-        return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.TAUS))  # (S, Q)
+            if f:
+                rows.append(beta_quantiles(1.0, 1 + self.EVIDENCE, self.taus))
+            elif t:
+                rows.append(beta_quantiles(1 + self.EVIDENCE, 1.0, self.taus))
+            else:
+                rows.append((math.nan,) * len(self.taus))
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.taus))  # (S, Q)
+
+    def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
+        return [self.score(q, s) for q, s in zip(questions, steps)]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Learned PRM (frozen), behind the same score(question, steps) -> (S, Q) interface
+# Learned PRM (frozen), behind the same interface
 #
-# A Hugging Face token-classification model reads the prompt followed by the steps, each ending with
-# STEP_SEP, and is read at the last token of each step (the separator). Two kinds of head:
+# A Hugging Face token-classification model reads the plain prompt followed by the steps, each ending
+# with STEP_SEP, and is read at the last token of each step (the separator). Two kinds of head:
 #   quantile head: one output per tau, id2label {0: "q0.1", 1: "q0.5", 2: "q0.9"}; the raw outputs
 #       z are mapped to quantiles that cannot cross, whatever the weights:
 #           q_tau1 = sigmoid(z_1),   q_tauk = sigmoid(z_1 + softplus(z_2) + ... + softplus(z_k))
-#   two-class head ("bad step" / "good step"): p(good) = softmax(z)[good], its one score.
+#   two-class head ("bad step" / "good step"): p(good) = softmax(z)[good], its one score (tau 0.5).
 # tiny_task/build_prm.py trains a quantile head with the pinball loss on Monte-Carlo success rates.
+# It is frozen: eval mode, no gradients, never updated; it runs on the policy's device and dtype.
 
 STEP_SEP = "\n"
+_TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
+_GOOD_LABEL = re.compile(r"good|positive|pos|\+|correct|1", re.IGNORECASE)
 
 
 def prm_inputs(tokenizer, question: str, steps: list[str], sep: str = STEP_SEP):
@@ -385,6 +557,65 @@ def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(steps.float().cumsum(-1))
 
 
+class ModelPRM:
+    """A frozen token-classification PRM from a local folder or hub id (quantile or two-class head)."""
+
+    def __init__(self, name: str, device: torch.device, amp, batch_size: int = 64):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        check_model_source("--prm", name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+            self.model = AutoModelForTokenClassification.from_pretrained(name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as e:
+            raise ProgrsError(f"--prm {name}: could not load a token-classification model "
+                              f"({first_line(e)})") from None
+        labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        taus = [_TAU_LABEL.fullmatch(str(x)) for x in labels]
+        if all(taus) and len(labels) >= 1:
+            self.kind, self.taus = "quantile", tuple(float(m.group(1)) for m in taus)
+            if list(self.taus) != sorted(set(self.taus)):
+                raise ProgrsError(f"--prm {name}: quantile labels {labels} are not increasing taus")
+        elif len(labels) == 2:
+            good = [i for i, x in enumerate(labels) if _GOOD_LABEL.search(str(x).replace("LABEL_", ""))]
+            self.kind, self.taus, self.good = "two-class", (0.5,), (good[-1] if good else 1)
+        else:
+            raise ProgrsError(f"--prm {name}: expected a quantile head (labels q0.1, q0.5, ...) or a "
+                              f"two-class head, got {len(labels)} outputs {labels[:6]}")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.to(device).eval().requires_grad_(False)
+        self.device, self.amp, self.batch_size = device, amp, batch_size
+        self.max_len = min(getattr(self.model.config, "max_position_embeddings", None) or 4096, 4096)
+
+    @torch.no_grad()
+    def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
+        """One (S_i, Q) tensor per completion; batches of batch_size sequences, right-padded."""
+        items = [prm_inputs(self.tokenizer, q, s) for q, s in zip(questions, steps)]
+        items = [(ids[:self.max_len], ends) for ids, ends in items]  # steps cut off get no opinion
+        out = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            L = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), L), self.tokenizer.pad_token_id, dtype=torch.long)
+            att = torch.zeros(len(chunk), L, dtype=torch.long)
+            for r, (x, _) in enumerate(chunk):
+                ids[r, :len(x)], att[r, :len(x)] = torch.tensor(x), 1
+            with self.amp():
+                z = self.model(input_ids=ids.to(self.device),
+                               attention_mask=att.to(self.device)).logits.float()   # (b, L, K)
+            for r, (_, ends) in enumerate(chunk):
+                zr = z[r, [e for e in ends if e < self.max_len]].cpu()            # (S', K)
+                q = quantiles_from_logits(zr) if self.kind == "quantile" \
+                    else zr.softmax(-1)[:, self.good:self.good + 1]                 # (S', Q)
+                nan = torch.full((len(ends) - len(q), q.shape[1]), math.nan)
+                out.append(torch.cat([q, nan]))                                    # (S, Q)
+        return out
+
+    def score(self, question: str, steps: list[str]) -> torch.Tensor:
+        return self.score_batch([question], [steps])[0]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Coherence: one process score b per trajectory
 #
@@ -395,10 +626,12 @@ def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
 # b = the mean over scales. Fewer steps than W: the whole sequence is one window.
 # A steady run of good steps keeps b near mu; a run that swings between confident and doubtful steps
 # is discounted. Defined everywhere: scores are clipped to [0, 1] so b is in [0, 1]; mu = 0 gives 0
-# (the limit of mu * exp(-c/mu)); zero steps give b = 0 (no process, no process credit; our reading).
+# (the limit of mu * exp(-c/mu)); no judged step gives b = 0 (no process evidence, no process credit;
+# our reading). Steps the PRM gives NaN (no opinion) are dropped before the windows are formed.
 
 def coherence_score(step_scores, windows=(2, 4), lam_var: float = 1.0) -> float:
-    s = torch.as_tensor(step_scores, dtype=torch.float64).reshape(-1).clamp(0.0, 1.0)  # (S,)
+    s = torch.as_tensor(step_scores, dtype=torch.float64).reshape(-1)                  # (S,)
+    s = s[~torch.isnan(s)].clamp(0.0, 1.0)           # unjudged steps (NaN) are skipped: no evidence
     if s.numel() == 0:
         return 0.0
     per_scale = []
@@ -469,7 +702,25 @@ def group_normalize(rewards: torch.Tensor, eps: float = ADV_EPS) -> torch.Tensor
 
 
 def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: float):
-    """(P, G) outcomes and process scores -> (advantages, A_out, centered bonus), each (P, G)."""
+    """(P, G) outcomes and process scores -> (advantages, A_out, centered bonus), each (P, G).
+
+    A mixed group, an all-wrong group and an all-right group (G = 4, lam = 1):
+    >>> ok = torch.tensor([[True, False, False, False], [False] * 4, [True] * 4])
+    >>> b = torch.tensor([[0.6, 0.6, 0.2, 0.1], [0.6, 0.2, 0.2, 0.2], [0.6, 0.6, 0.3, 0.3]])
+    >>> adv, a_out, bonus = compute_advantages(ok, b, "progrs", lam=1.0)
+    >>> print(a_out.numpy().round(2))       # GRPO: only the mixed group has an outcome signal
+    [[ 1.73 -0.58 -0.58 -0.58]
+     [ 0.    0.    0.    0.  ]
+     [ 0.    0.    0.    0.  ]]
+    >>> print(bonus.numpy().round(2))       # wrong rollouts centred among themselves; right ones keep b
+    [[ 0.6  0.3 -0.1 -0.2]
+     [ 0.3 -0.1 -0.1 -0.1]
+     [ 0.6  0.6  0.3  0.3]]
+    >>> print(adv.numpy().round(2))         # the fluent wrong rollout (-0.28) stays below the right one
+    [[ 2.33 -0.28 -0.68 -0.78]
+     [ 0.3  -0.1  -0.1  -0.1 ]
+     [ 0.6   0.6   0.3   0.3 ]]
+    """
     r = correct.float()
     a_out = group_normalize(r)
     bonus = outcome_conditioned_centering(b, correct)
@@ -505,22 +756,31 @@ def dominance_violations(adv: torch.Tensor, correct: torch.Tensor) -> int:
 # Rollouts
 #
 # One batched, KV-cached generate() per step for P prompts x G samples, left-padded. Sampling is
-# exactly on-policy: temperature as set, and top_k=0, top_p=1.0, repetition_penalty=1.0 passed
-# explicitly, because generate() otherwise fills unset values from the model's generation_config or
-# its own defaults (top_k=50), and the policy gradient would be taken for a distribution we did not
-# sample from.
+# exactly on-policy: generate() runs with a GenerationConfig built only from what the trainer sets
+# (temperature, top_k=0, top_p=1.0; greedy for evaluation). While it runs, the model's own
+# generation_config is swapped for that one, because generate() fills every value we leave unset
+# from it (a hub model's min_p, top_k or repetition_penalty) and then from global defaults (top_k=50):
+# either would change the distribution we sample from, and the policy gradient would be taken for a
+# distribution we did not sample from.
 #
-# The completion mask covers tokens up to and including the first EOS. It is built from positions, not
-# from `token == pad`: pad is often EOS (Qwen2.5), and the EOS itself must be trained, or the model
-# never learns to stop. A completion with no EOS within max_new_tokens is truncated (counted).
+# A row stops at the end of its answer line (StopAtAnswer, the verifier's rule) or at EOS, whichever
+# comes first. The completion mask covers the tokens up to that point, the EOS included (it must be
+# trained, or the model never learns to stop); what follows is padding, never trained. The mask is
+# built from positions, not from `token == pad`: pad is often EOS (Qwen2.5). A completion that reaches
+# max_new_tokens with neither is truncated (counted).
 
-def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) completion tokens -> (mask (B, T) up to and incl. the first EOS, truncated (B,))."""
+def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
+    """(B, T) completion tokens -> (mask (B, T), truncated (B,)). A row ends at its first EOS (kept)
+    or after stopped_at[row] tokens (its answer line; 0 = did not stop there), whichever is first."""
+    B, T = completions.shape
     is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))   # (B, T)
-    T = completions.shape[1]
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), T)                    # (B,)
-    mask = torch.arange(T, device=completions.device)[None, :] <= first_eos[:, None]    # (B, T)
-    return mask, ~is_eos.any(1)
+    has_eos = is_eos.any(1)                                                              # (B,)
+    length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                         # (B,)
+    stopped = torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at
+    stopped = stopped.to(completions.device)
+    length = torch.where(stopped > 0, torch.minimum(length, stopped), length)           # (B,)
+    mask = torch.arange(T, device=completions.device)[None, :] < length[:, None]        # (B, T)
+    return mask, ~has_eos & (stopped == 0)
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -529,22 +789,64 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids) | {tokenizer.eos_token_id})
 
 
+@functools.lru_cache(maxsize=8)
+def newline_tokens(tokenizer) -> torch.Tensor:
+    """(V,) bool: the token ids whose text holds a newline, the only places an answer line can end."""
+    return torch.tensor(["\n" in t for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+
+
+class StopAtAnswer:
+    """A stopping criterion for generate(): a row is done once it has finished its answer line.
+
+    Only rows whose last token holds a newline are decoded and checked, so the cost is a few decodes
+    per row and line. stopped[row] = the completion's length in tokens when it stopped.
+    """
+
+    def __init__(self, tokenizer, prompt_len: int):
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self.newline = newline_tokens(tokenizer)
+        self.stopped: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        last = input_ids[:, -1].cpu()                                                    # (B,)
+        in_vocab = last < len(self.newline)
+        ends_line = in_vocab & self.newline[last.clamp(max=len(self.newline) - 1)]     # (B,)
+        for row in ends_line.nonzero().flatten().tolist():
+            if row not in self.stopped:
+                text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
+                found = find_answer(text)
+                if found is not None and found.ended:
+                    self.stopped[row] = input_ids.shape[1] - self.prompt_len
+        done = torch.zeros(len(last), dtype=torch.bool)
+        done[list(self.stopped)] = True
+        return done.to(input_ids.device)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
-             temperature: float, amp) -> dict:
+             temperature: float, amp, chat: bool = False) -> dict:
     """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)  # (P, Tp), left pad
-    eos_ids = eos_token_ids(model, tokenizer)
-    # explicit values win over the model's generation_config; greedy takes no sampling knobs
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    # a chat template already wrote the special tokens it needs: do not add them a second time
+    enc = tokenizer(prompts, return_tensors="pt", padding=True,
+                    add_special_tokens=not chat).to(model.device)                # (P, Tp), left pad
+    Tp, eos_ids = enc["input_ids"].shape[1], eos_token_ids(model, tokenizer)
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
         if temperature > 0 else dict(do_sample=False)
-    with amp():
-        seqs = model.generate(
-            **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, **sampling,
-            repetition_penalty=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids)
-    Tp = enc["input_ids"].shape[1]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
+    stop = StopAtAnswer(tokenizer, Tp)
+    shipped, model.generation_config = model.generation_config, config
+    try:
+        with amp():
+            seqs = model.generate(**enc, generation_config=config,
+                                  stopping_criteria=StoppingCriteriaList([stop]))
+    finally:
+        model.generation_config = shipped
     completions = seqs[:, Tp:]                                                    # (B, T), B = P*n
-    mask, truncated = completion_mask(completions, eos_ids)                       # (B, T), (B,)
+    stopped_at = torch.tensor([stop.stopped.get(r, 0) for r in range(len(seqs))])  # (B,)
+    mask, truncated = completion_mask(completions, eos_ids, stopped_at)           # (B, T), (B,)
     texts = [tokenizer.decode(c[m], skip_special_tokens=True) for c, m in zip(completions, mask)]
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)                   # (B, Tp)
     return dict(input_ids=seqs, attention_mask=torch.cat([prompt_mask, mask.long()], 1),
@@ -554,9 +856,10 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
 # ----------------------------------------------------------------------------------------------------
 # Loss and update
 #
-# Token log-probs come from one forward pass over prompt + completion, with the logits divided by the
+# Token log-probs come from one forward pass over prompt + completion, with fp32 logits divided by the
 # sampling temperature (the policy we sampled from is softmax(logits / T)) and position ids rebuilt
-# from the attention mask exactly as generate() builds them for left-padded rows.
+# from the attention mask exactly as generate() builds them for left-padded rows. The head is taken
+# as a plain linear map of the body's last hidden state (load_model checks this once per model).
 #
 # Per-token policy-gradient loss, summed over completion tokens and divided by N, the number of
 # completion tokens in the *whole batch* (not per micro-batch, not per sequence), so micro-batching
@@ -581,17 +884,42 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
 PPO_CLIP = 0.2
 
 
+LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 positions at 151,936
+
+
+def _head_logprobs(hidden, targets, weight, bias, temperature: float):
+    """(N, H) final hidden states, (N,) targets -> (N,) log-probs, with fp32 logits (N, V)."""
+    logits = hidden.float() @ weight.float().T                                    # (N, V) fp32
+    if bias is not None:
+        logits = logits + bias.float()
+    logits = logits / temperature
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
+
+
 def token_logprobs(model, input_ids, attention_mask, prompt_len: int, temperature: float, amp):
-    """log pi(y_t | y_<t) for every completion token: (B, Tp + T) -> (B, T)."""
-    T = input_ids.shape[1] - prompt_len
+    """log pi(y_t | y_<t) for every completion token: (B, Tp + T) -> (B, T), from fp32 logits.
+
+    The transformer body runs under `amp` (bf16 on a GPU); the vocabulary projection runs in fp32, in
+    blocks of LOGIT_BLOCK logits that are recomputed in the backward pass (checkpointing), so the
+    full (B, T, V) logits never exist at once, in bf16 or in fp32. No KV cache: nothing is decoded.
+    """
+    B, T = input_ids.shape[0], input_ids.shape[1] - prompt_len
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                   # (B, Tp + T)
     with amp():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=position_ids, logits_to_keep=T + 1).logits     # (B, T + 1, V)
-    logits = logits[:, :-1].float() / temperature                                 # (B, T, V)
-    targets = input_ids[:, prompt_len:]                                           # (B, T)
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)                 # (B, T)
-    return picked - torch.logsumexp(logits, -1)                                   # (B, T)
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = hidden[:, prompt_len - 1:-1].reshape(B * T, -1)    # (B*T, H): states that predict y_t
+    targets = input_ids[:, prompt_len:].reshape(B * T)                            # (B*T,)
+    head = model.get_output_embeddings()
+    rows = max(1, LOGIT_BLOCK // head.weight.shape[0])
+    out = []
+    for i in range(0, B * T, rows):
+        args = (hidden[i:i + rows], targets[i:i + rows], head.weight, head.bias, temperature)
+        if torch.is_grad_enabled():
+            out.append(torch.utils.checkpoint.checkpoint(_head_logprobs, *args, use_reentrant=False))
+        else:
+            out.append(_head_logprobs(*args))
+    return torch.cat(out).view(B, T)                                              # (B, T)
 
 
 def policy_loss(logp, old_logp, adv, mask, n_tokens, ref_logp=None, kl_coef=0.0):
@@ -648,22 +976,41 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
 #
 # Each step: P prompts -> G rollouts each -> verify (r) -> PRM step scores -> coherence (b)
 #            -> centering (c) -> advantages (A) -> one policy update.
-# Greedy pass@1 on the eval set at the start, every --eval-every steps and at the end.
+# Greedy pass@1 on the eval set at the start, every --eval-every steps and at the end; a checkpoint in
+# OUT/model every --save-every steps, so an error or Ctrl-C loses at most that many steps.
 
 def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
                       lam_var: float) -> dict:
-    """Verify and PRM-score completions (one problem per text): lists, one entry per completion."""
-    out = dict(correct=[], b=[], step_scores=[], n_steps=[], trace_error=[])
-    for prob, text in zip(problems, texts):
-        steps = split_steps(text)
-        q = prm.score(prob["question"], steps)[:, q_index] if steps else torch.zeros(0)  # (S,)
-        ok = is_correct(text, prob["gold"])
+    """Verify and PRM-score completions (one problem per text): lists, one entry per completion.
+
+    Nothing a model writes stops a run: a completion whose scoring raises is judged wrong, gets
+    b = 0 (the lowest process score) and is counted in `unscorable`.
+    """
+    steps, unscorable = [], []
+    for text in texts:
+        try:
+            steps.append(split_steps(text))
+            unscorable.append(False)
+        except Exception:
+            steps.append([])
+            unscorable.append(True)
+    scores = prm.score_batch([p["question"] for p in problems], steps)            # [(S_i, Q)]
+    out = dict(correct=[], b=[], step_scores=[], n_steps=[], trace_error=[], unscorable=unscorable)
+    for i, (prob, text) in enumerate(zip(problems, texts)):
+        ok, b, trace = False, 0.0, False
+        if not unscorable[i]:
+            try:
+                q = scores[i][:, q_index]                                         # (S_i,)
+                ok, b = is_correct(text, prob["gold"]), coherence_score(q, lam_var=lam_var)
+                # a right answer reached through at least one false equation (the verifier cannot see it)
+                trace = ok and any(check_equations(s)[1] > 0 for s in steps[i])
+            except Exception:
+                ok, b, unscorable[i] = False, 0.0, True
         out["correct"].append(ok)
-        out["step_scores"].append(q.tolist())
-        out["b"].append(coherence_score(q, lam_var=lam_var))
-        out["n_steps"].append(len(steps))
-        # a right answer reached through at least one false equation (the verifier cannot see it)
-        out["trace_error"].append(ok and any(check_equations(s)[1] > 0 for s in steps))
+        out["b"].append(b)
+        out["step_scores"].append(scores[i][:, q_index].tolist() if len(steps[i]) else [])
+        out["n_steps"].append(len(steps[i]))
+        out["trace_error"].append(trace)
     return out
 
 
@@ -672,7 +1019,7 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
     t0 = time.perf_counter()
     prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems]
     batch = generate(model, tokenizer, prompts, args.group_size, args.max_new_tokens,
-                     args.temperature, amp)
+                     args.temperature, amp, args.chat)
     t1 = time.perf_counter()
     P, G = len(problems), args.group_size
     per_rollout = [p for p in problems for _ in range(G)]                         # prompt-major
@@ -692,7 +1039,8 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
     for i in range(0, len(problems), args.eval_batch):
         chunk = problems[i:i + args.eval_batch]
         prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in chunk]
-        texts += generate(model, tokenizer, prompts, 1, args.max_new_tokens, 0.0, amp)["texts"]
+        texts += generate(model, tokenizer, prompts, 1, args.max_new_tokens, 0.0, amp,
+                          args.chat)["texts"]
     s = score_completions(problems, texts, prm, args.q_index, args.lam_var)
     n_right = sum(s["correct"])
     return dict(eval_accuracy=n_right / len(problems),
@@ -721,6 +1069,7 @@ def step_metrics(batch: dict, args) -> dict:
         steps_per_answer=float(np.mean(batch["n_steps"])),
         completion_tokens=float(mask.sum(-1).float().mean()),
         truncated=int(batch["truncated"].sum()),
+        unscorable=int(sum(batch["unscorable"])),
     )
 
 
@@ -730,12 +1079,12 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     G = correct.shape[1]
     k = correct.sum(-1)
     i = int((k * (G - k)).argmax())
-    lines = [f"question: {problems[i]['question']}   gold: {problems[i]['gold']}",
+    lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
              f"{'ok':>3} {'step scores':<24} {'b':>5} {'bonus':>6} {'A_out':>6} {'A':>6}  completion"]
     for j in range(G):
         r = i * G + j
-        steps = " ".join(f"{s:.2f}" for s in batch["step_scores"][r][:6])
-        text = batch["texts"][r].replace("\n", " | ")
+        steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in batch["step_scores"][r][:6])
+        text = batch["texts"][r].strip().replace("\n", " | ")
         text = text if len(text) <= width else text[:width - 3] + "..."
         lines.append(f"{'yes' if correct[i, j] else 'no':>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} "
                      f"{batch['bonus'][i, j]:+6.2f} {batch['a_out'][i, j]:+6.2f} "
@@ -743,14 +1092,27 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     return "\n".join(lines)
 
 
-def train(model, tokenizer, train_set, eval_set, args, amp, log=print) -> dict:
+def save_checkpoint(model, tokenizer, out_dir: Path, step: int) -> None:
+    """OUT/model, replaced whole: written beside it first, so an interruption never leaves half a model."""
+    tmp, final, old = out_dir / "model.tmp", out_dir / "model", out_dir / "model.old"
+    for d in (tmp, old):
+        shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "progrs_step.json").write_text(json.dumps({"step": step}))
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> dict:
     """The whole run: returns {"before": eval, "after": eval}, writes OUT/metrics.jsonl and OUT/model."""
     from tqdm.auto import tqdm  # ships with transformers (huggingface_hub)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
-    prm = ToyPRM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     # Linear warmup: Adam's first steps move every weight by about lr whatever its gradient's size
     # (its second-moment estimate starts from one sample), which jolts a small model.
@@ -806,44 +1168,57 @@ def train(model, tokenizer, train_set, eval_set, args, amp, log=print) -> dict:
                 last = run_eval(step, mf)
                 bar.clear()
                 log(teaching_view(batch, problems))
+            if step % args.save_every == 0 or step == args.steps:
+                save_checkpoint(model, tokenizer, out_dir, step)
         bar.close()
     log(f"greedy pass@1: {before['eval_accuracy']:.1%} -> {last['eval_accuracy']:.1%} "
         f"({100 * (last['eval_accuracy'] - before['eval_accuracy']):+.1f} points) on "
         f"{len(eval_set)} problems after {args.steps} steps (mode {args.mode}, lam {args.lam})")
-    model.save_pretrained(out_dir / "model")
-    tokenizer.save_pretrained(out_dir / "model")
     return dict(before=before, after=last)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Main: flags -> data -> model -> train
+# Main: flags -> model -> data -> PRM -> train
 
 def check_args(args) -> None:
     """Stop early, with one line naming the flag, on values that would train silently wrong."""
-    rules = [("--group-size", args.group_size >= 2, "at least 2 (GRPO needs a group to compare)"),
-             ("--lam", args.lam >= 0, "non-negative"),
-             ("--temperature", args.temperature > 0, "positive (rollouts are sampled)"),
-             ("--prm-quantile", args.prm_quantile in ToyPRM.TAUS, f"one of {ToyPRM.TAUS}"),
-             ("--lam-var", args.lam_var >= 0, "non-negative"),
-             ("--ppo-epochs", args.ppo_epochs >= 1, "at least 1"),
-             ("--warmup-steps", args.warmup_steps >= 0, "0 or more"),
-             ("--kl-coef", args.kl_coef >= 0, "non-negative"),
-             ("--max-grad-norm", args.max_grad_norm > 0, "positive")]
-    for flag in ("steps", "prompts_per_step", "max_new_tokens", "micro_batch", "eval_every",
-                 "eval_batch"):
-        v = getattr(args, flag)
-        rules.append((f"--{flag.replace('_', '-')}", v is None or v >= 1, "at least 1"))
-    rules += [("--eval-size", args.eval_size is None or args.eval_size >= 0, "0 (all) or more"),
-              ("--lr", args.lr is None or args.lr > 0, "positive")]
-    finite = [(f"--{f.replace('_', '-')}", getattr(args, f) is None or math.isfinite(getattr(args, f)),
-               "a finite number")
-              for f in ("lam", "temperature", "lam_var", "kl_coef", "max_grad_norm", "lr")]
-    rules = finite + rules  # inf/nan first: they would pass the range checks below or fail obscurely
-    rules.append(("--out", not Path(args.out).exists() or Path(args.out).is_dir(),
-                  "a folder (it is an existing file)"))
-    for flag, ok, expected in rules:
+    def flag(name):
+        return f"--{name.replace('_', '-')}"
+
+    def given(name):
+        return getattr(args, name) is not None
+
+    rules = [(flag(f), not given(f) or math.isfinite(getattr(args, f)), "a finite number")
+             for f in ("lam", "temperature", "lam_var", "kl_coef", "max_grad_norm", "lr", "prm_quantile")]
+    rules += [("--group-size", args.group_size >= 2, "at least 2 (GRPO needs a group to compare)"),
+              ("--lam", args.lam >= 0, "non-negative"),
+              ("--temperature", args.temperature > 0, "positive (rollouts are sampled)"),
+              ("--lam-var", args.lam_var >= 0, "non-negative"),
+              ("--ppo-epochs", args.ppo_epochs >= 1, "at least 1"),
+              ("--warmup-steps", args.warmup_steps >= 0, "0 or more"),
+              ("--kl-coef", args.kl_coef >= 0, "non-negative"),
+              ("--max-grad-norm", args.max_grad_norm > 0, "positive"),
+              ("--eval-size", not given("eval_size") or args.eval_size >= 0, "0 (all) or more"),
+              ("--lr", not given("lr") or args.lr > 0, "positive"),
+              ("--out", not Path(args.out).exists() or Path(args.out).is_dir(),
+               "a folder (it is an existing file)")]
+    rules += [(flag(f), not given(f) or getattr(args, f) >= 1, "at least 1")
+              for f in ("steps", "prompts_per_step", "max_new_tokens", "micro_batch", "eval_every",
+                        "eval_batch", "save_every")]
+    for name, ok, expected in rules:  # the first broken rule; finiteness first (inf passes ranges)
         if not ok:
-            raise ProgrsError(f"{flag}: expected {expected}, got {getattr(args, flag[2:].replace('-', '_'))}")
+            raise ProgrsError(f"{name}: expected {expected}, got {getattr(args, name[2:].replace('-', '_'))}")
+
+
+def apply_size_defaults(args, n_params: int) -> str:
+    """Fill every flag left at None from SIZE_DEFAULTS for the model's size; returns the size."""
+    size = "tiny" if n_params < TINY_MAX_PARAMS else "llm"
+    for k, v in SIZE_DEFAULTS[size].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.save_every is None:
+        args.save_every = args.eval_every
+    return size
 
 
 def pick_device(args) -> tuple[torch.device, bool]:
@@ -859,27 +1234,50 @@ def pick_device(args) -> tuple[torch.device, bool]:
     return device, bf16
 
 
+def check_model_source(flag: str, name: str) -> None:
+    """A local folder with a config.json, or something shaped like a hub id."""
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
+    if not Path(name).exists() and not looks_like_hub_id:
+        raise ProgrsError(f"{flag} {name}: no such folder (expected a model folder or a hub id)")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise ProgrsError(f"{flag} {name}: no config.json in this folder (expected a saved model: "
+                          "config.json, weights and tokenizer files)")
+
+
 def load_model(name: str, device: torch.device):
     """Tokenizer + causal LM from a local folder or the hub; the same code path for both."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
-    if not Path(name).exists() and not looks_like_hub_id:
-        raise ProgrsError(f"--model {name}: no such folder (expected a model folder or a hub id)")
-    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
-        raise ProgrsError(f"--model {name}: no config.json in this folder (expected a saved model: "
-                          "config.json, weights and tokenizer files)")
+    check_model_source("--model", name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ProgrsError(f"--model {name}: could not load it ({first})") from None
+        raise ProgrsError(f"--model {name}: could not load it ({first_line(e)})") from None
     tokenizer.padding_side = "left"  # generation appends on the right
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    model.to(device).eval()
+    # token_logprobs reads the head as a linear map of the last hidden state; check that on 3 tokens
+    ids = torch.tensor([[0, 1, 2]], device=device)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])
+        ours = token_logprobs(model, ids, torch.ones_like(ids), 1, 1.0, contextlib.nullcontext)
+    if not torch.allclose(ours.flatten(), ref.flatten(), atol=1e-3):
+        raise ProgrsError(f"--model {name}: its logits are not a plain linear head over the last "
+                          "hidden state, which token_logprobs assumes")
+    return model, tokenizer
+
+
+def build_prm(args, device, amp):
+    """--prm toy -> ToyPRM; a folder or hub id -> ModelPRM. Sets args.q_index from --prm-quantile."""
+    prm = ToyPRM() if args.prm == "toy" else ModelPRM(args.prm, device, amp)
+    q = prm.taus[0] if args.prm_quantile is None else args.prm_quantile
+    if q not in prm.taus:
+        raise ProgrsError(f"--prm-quantile: expected one of this PRM's taus {prm.taus}, got {q}")
+    args.prm_quantile, args.q_index = q, prm.taus.index(q)
+    return prm
 
 
 def main(argv=None) -> dict:
@@ -890,26 +1288,28 @@ def main(argv=None) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    train_set, eval_set = load_problems(args.data), load_problems(args.eval_data)
+    given = {f: load_data(getattr(args, f), split, f"--{f.replace('_', '-')}")  # fail before loading
+             for f, split in (("data", "train"), ("eval_data", "test")) if getattr(args, f)}
     model, tokenizer = load_model(args.model, device)
     n_params = sum(p.numel() for p in model.parameters())
-    size = "tiny" if n_params < TINY_MAX_PARAMS else "llm"
-    for k, v in SIZE_DEFAULTS[size].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    size = apply_size_defaults(args, n_params)
+    train_set = given.get("data") or load_data(args.data, "train", "--data")
+    eval_set = given.get("eval_data") or load_data(args.eval_data, "test", "--eval-data")
     if args.eval_size:
         eval_set = eval_set[:args.eval_size]
-    args.q_index = ToyPRM.TAUS.index(args.prm_quantile)
     amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
+    prm = build_prm(args, device, amp)
+    torch.manual_seed(args.seed)  # loading a PRM may draw random numbers (an untrained head)
 
-    print(f"model {args.model}: {n_params / 1e6:.2f}M parameters on {device}"
-          f"{' (bf16 autocast)' if bf16 else ''}; {len(train_set)} train / {len(eval_set)} eval problems")
+    print(f"model {args.model}: {n_params / 1e6:.2f}M parameters ({size} defaults) on {device}"
+          f"{' (bf16 autocast)' if bf16 else ''}; {len(train_set)} train / {len(eval_set)} eval "
+          f"problems; PRM {args.prm}, tau {args.prm_quantile}")
     print(json.dumps({k: v for k, v in vars(args).items()}, default=str))
     bound = max_dominant_lam(args.group_size)
     if args.mode == "progrs" and args.lam >= bound:
         print(f"warning: --lam {args.lam} >= {bound:.2f}: with G={args.group_size} a wrong rollout "
               "with sound-looking steps can reach a right rollout's advantage", file=sys.stderr)
-    return train(model, tokenizer, train_set, eval_set, args, amp)
+    return train(model, tokenizer, train_set, eval_set, args, amp, prm)
 
 
 if __name__ == "__main__":
@@ -917,3 +1317,6 @@ if __name__ == "__main__":
         main()
     except ProgrsError as e:
         sys.exit(f"progrs.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("progrs.py: interrupted; metrics so far are in OUT/metrics.jsonl and the last "
+                 "checkpoint in OUT/model (its step in progrs_step.json)")

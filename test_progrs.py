@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -165,16 +166,32 @@ def test_max_dominant_lam_is_tight():
 
 @pytest.mark.parametrize("text,gold,expected", [
     ("so \\boxed{\\frac{1}{2}} is it", "\\frac{1}{2}", True),        # nested braces
-    ("\\boxed{3} then \\boxed{\\sqrt{16}}", "\\sqrt{16}", True),       # the last box wins
+    ("\\boxed{5}.\nso also \\boxed{7}", "5", True),                   # the first committed answer
+    ("\\boxed{3} then \\boxed{\\sqrt{16}}", "\\sqrt{16}", False),      # two answers on one line
     ("1 + 1 = 2\nAnswer: 2", "2", True),
-    ("Answer: 3\nAnswer: 4", "4", True),                              # the last answer line wins
+    ("Answer: 5\nQuestion: What is 3 + 4?\nAnswer: 7", "5", True),    # a base model rambling on:
+    ("Answer: 5\nQuestion: What is 3 + 4?\nAnswer: 7", "7", False),   # only the first answer counts
     ("rationale\n#### 1,234", "1234", True),                          # thousands comma
     ("Answer: $18.", "18", True),                                     # $ and trailing period
+    ("**Answer:** 18", "18", True),                                   # markdown emphasis
+    ("**Answer: 18**", "18", True),
+    ("**Answer**: 18", "18", True),
+    ("ANSWER: 18", "18", True),
+    ("The final answer is \\boxed{\\$18}.", "18", True),               # \$ inside a box
+    ("Answer: \\$18", "18", True),
+    ("Answer: $1,234.00 per year", "1234", True),
+    ("Answer: 18 dollars", "18", True),                               # a trailing unit word
+    ("Answer: 50%", "50", True),                                      # percent
     ("Answer: 72.0", "72", True),
     ("Answer: -3", "-3", True),
     ("Answer: 3", "-3", False),
+    ("Answer: 5 or 6", "5", False),                                   # two different numbers
+    ("Answer: 18 = 3 * 6", "18", False),
+    ("Answer: 10-20", "10", False),                                   # only a range
+    ("Answer: between 10 and 20", "20", False),
     ("the answer is 72", "72", False),                                # no marker: no guessing
     ("Answer:", "72", False),
+    ("", "72", False),                                                # no answer at all
     ("Answer: seventy-two", "72", False),
     ("\\boxed{72", "72", False),                                      # unclosed box, no fallback
     ("Answer: banana", "banana", True),                               # non-numeric: string match
@@ -184,8 +201,15 @@ def test_is_correct(text, gold, expected):
 
 
 def test_extract_answer_none_on_garbage():
-    for junk in ("", "\n\n", "}}{{", "\\boxed{", "12 + 3 = 15"):
+    for junk in ("", "\n\n", "}}{{", "\\boxed{", "12 + 3 = 15", "Answer:\n\n"):
         assert extract_answer(junk) is None
+
+
+def test_find_answer_marks_where_the_answer_line_ends():
+    text = "3 + 4 = 7\nAnswer: 7\nQuestion: next"
+    found = progrs.find_answer(text)
+    assert found.answer == "7" and text[found.start:found.end] == "Answer: 7\n" and found.ended
+    assert not progrs.find_answer("3 + 4 = 7\nAnswer: 7").ended       # no newline yet: not finished
 
 
 @pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} not present (shared data is beside the checkout)")
@@ -194,8 +218,68 @@ def test_gsm8k_rationales_verify_against_their_own_answers_only():
     rationales = [json.loads(line)["answer"] for line in GSM8K.open()]
     assert len(problems) == len(rationales) == 1319
     assert all(is_correct(r, p["gold"]) for r, p in zip(rationales, problems))
-    shifted = sum(is_correct(r, p["gold"]) for r, p in zip(rationales, problems[1:] + problems[:1]))
-    assert shifted / len(problems) < 0.02
+    # paired with another problem, a rationale verifies only when the two golds are the same number
+    # (15 neighbouring pairs in this file share their gold): no false positive
+    value = [Decimal(p["gold"].replace(",", "")) for p in problems]   # golds like "1,450,000"
+    for i, r in enumerate(rationales):
+        j = (i + 1) % len(problems)
+        assert is_correct(r, problems[j]["gold"]) == (value[i] == value[j])
+
+
+# ----------------------------------------------------------------------------------------------------
+# GSM8K by name (the network is never touched: urlopen is replaced, or points at a closed local port)
+
+def fake_release(monkeypatch, payload: bytes):
+    """Pin `payload` as the test split and serve it from a replaced urlopen; returns the URLs asked."""
+    import hashlib
+    import io
+    import urllib.request
+    asked = []
+    monkeypatch.setitem(progrs.GSM8K_SPLITS, "test",
+                        (payload.count(b"\n"), hashlib.sha256(payload).hexdigest()))
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return io.BytesIO(payload)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_gsm8k_is_downloaded_once_checked_and_cached(tmp_path, monkeypatch):
+    payload = b"".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n"
+                                   f"#### {i + 1}"}).encode() + b"\n" for i in range(5))
+    monkeypatch.setenv("PROGRS_CACHE", str(tmp_path))
+    asked = fake_release(monkeypatch, payload)
+    problems = progrs.load_data("gsm8k", "test", "--eval-data")
+    assert [p["gold"] for p in problems] == ["1", "2", "3", "4", "5"]
+    assert asked == [f"{progrs.GSM8K_URL}/test.jsonl"]
+    assert (tmp_path / "gsm8k_test.jsonl").read_bytes() == payload
+    progrs.load_data("gsm8k", "test", "--eval-data")
+    assert len(asked) == 1                                            # cached: no second download
+
+
+def test_gsm8k_with_the_wrong_content_or_no_network_is_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+    monkeypatch.setenv("PROGRS_CACHE", str(tmp_path))
+    fake_release(monkeypatch, b'{"question": "q", "answer": "1"}\n')
+    progrs.GSM8K_SPLITS["test"] = (1, "0" * 64)                      # a release we did not pin
+    with pytest.raises(progrs.ProgrsError, match="not the pinned GSM8K test split.*--eval-data"):
+        progrs.load_data("gsm8k", "test", "--eval-data")
+    assert not list(tmp_path.iterdir())                               # nothing cached
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(progrs.ProgrsError) as e:
+        progrs.load_data("gsm8k", "train", "--data")
+    msg = str(e.value)
+    assert "\n" not in msg and "train.jsonl" in msg and "--data path/to/gsm8k_train.jsonl" in msg
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} not present (shared data is beside the checkout)")
+def test_pinned_gsm8k_test_split_is_the_shared_copy():
+    assert progrs._gsm8k_problem(GSM8K.read_bytes(), "test") is None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,23 +292,46 @@ def test_split_steps_drops_blank_lines_and_the_answer_line():
     assert split_steps("Answer: 5") == []
 
 
-def test_check_equations():
-    assert check_equations("47 + 28 - 19 = 56") == (1, 0)
-    assert check_equations("47 + 28 = 74") == (0, 1)
-    assert check_equations("She makes 9 * 2 = $<<9*2=18>>18 a day") == (2, 0)
-    assert check_equations("1,000 + 200 = 1,200 and 10 / 4 = 2.5") == (2, 0)
-    assert check_equations("then 7 / 0 = 3") == (0, 0)                # not checkable
-    assert check_equations("no equation here, 42") == (0, 0)
-    assert check_equations("__import__('os') + 1 = 2") == (0, 0)      # only numbers are parsed
+@pytest.mark.parametrize("step,expected", [
+    ("47 + 28 - 19 = 56", (1, 0)),
+    ("47 + 28 = 74", (0, 1)),
+    ("She makes 9 * 2 = $<<9*2=18>>18 a day", (2, 0)),                # GSM8K annotation + text
+    ("1,000 + 200 = 1,200 and 10 / 4 = 2.5", (2, 0)),
+    ("$5 + $3 = $8", (1, 0)),
+    ("Step 1: 3 x 4 = 12", (1, 0)),
+    ("9 * 2 = 18 + 3 = 21", (2, 0)),                                  # a running chain
+    ("2, 3 + 4 = 7", (1, 0)),                                         # a list, then an equation
+    ("-3 + 5 = 2", (1, 0)),
+    ("then 7 / 0 = 3", (0, 0)),                                       # not checkable
+    ("no equation here, 42", (0, 0)),
+    ("x = 5", (0, 0)),                                                # no arithmetic
+    ("__import__('os') + 1 = 2", (0, 0)),                             # only numbers are parsed
+    ("1e999 + 1 = 2", (0, 0)),                                        # not a clean number
+    ("2 + 2 = 4" + "0" * 308, (0, 0)),                                # too many digits: no evidence
+    ("+".join(["1"] * 3000) + " = 3000", (0, 0)),                     # too long: no evidence
+])
+def test_check_equations(step, expected):
+    assert check_equations(step) == expected
 
 
-def test_toy_prm_valid_false_and_neutral_steps():
+def test_toy_prm_true_false_and_unjudged_steps():
     q = ToyPRM().score("What is 47 + 28 - 19?", ["47 + 28 = 75", "75 - 19 = 55", "so we subtract"])
-    assert q.shape == (3, len(ToyPRM.TAUS))
-    assert (q[:, 1:] >= q[:, :-1]).all()                              # quantiles non-decreasing
-    assert q[0, 0] > 0.5 > q[1, 2]                                    # valid high, false low
-    assert torch.allclose(q[2], torch.tensor(ToyPRM.TAUS), atol=2e-3)  # no evidence: the prior
-    assert q[2, 2] - q[2, 0] > q[0, 2] - q[0, 0]                      # and wider
+    assert q.shape == (3, len(ToyPRM.taus))
+    assert (q[:2, 1:] >= q[:2, :-1]).all()                            # quantiles non-decreasing
+    assert q[0, 0] > 0.5 > q[1, 2]                                    # true high, false low
+    assert torch.isnan(q[2]).all()                                    # no equation: no opinion
+
+
+def test_prose_steps_are_neutral_and_stacked_equations_earn_nothing_more():
+    prm, question = ToyPRM(), "What is 47 + 28 - 19?"
+
+    def b(text):
+        return coherence_score(prm.score(question, split_steps(text))[:, 0])
+    bare = "47 + 28 = 75\n75 - 19 = 56\nAnswer: 56"
+    prose = "First add the two numbers.\n47 + 28 = 75\nThen take away 19.\n75 - 19 = 56\nSo:\nAnswer: 56"
+    stacked = "47 + 28 = 75 and 28 + 47 = 75 and 75 = 70 + 5 = 75\n75 - 19 = 56\nAnswer: 56"
+    assert b(bare) == b(prose) == b(stacked) > 0.5
+    assert b("Let me think.\nAnswer: 56") == 0.0                       # no judged step: no credit
 
 
 def test_toy_prm_blind_spot_wrong_numbers_with_valid_arithmetic():
@@ -246,12 +353,39 @@ def test_coherence_constant_volatile_bounds_and_edges():
     assert coherence_score([]) == 0.0
     assert coherence_score([0.0, 0.0, 0.0]) == 0.0
     assert coherence_score([0.8]) == pytest.approx(0.8)              # fewer steps than any window
+    assert coherence_score([0.5, math.nan, 0.9]) == coherence_score([0.5, 0.9])  # NaN: skipped
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
         s = torch.rand(int(torch.randint(1, 12, (1,), generator=g)), generator=g)
         s[torch.rand(s.shape, generator=g) < 0.3] = 0.0
         r = coherence_score(s, lam_var=float(torch.rand(1, generator=g) * 5))
         assert 0.0 <= r <= 1.0 and math.isfinite(r)
+
+
+def test_adversarial_corpus_scores_without_an_exception():
+    sys.path.insert(0, str(HERE / "tiny_task"))
+    import adversarial
+    texts = adversarial.corpus()
+    results = adversarial.score_all(texts)
+    assert set(results) == set(texts) and len(texts) >= 20
+    for name, (_, s) in results.items():
+        assert not s["unscorable"], name                              # scored, not caught
+        assert 0.0 <= s["b"] <= 1.0 and not s["correct"], name
+    assert results["nested boxes"][1]["n_steps"] == 0
+
+
+def test_a_completion_whose_scoring_raises_gets_the_lowest_score_and_is_counted(monkeypatch):
+    real = progrs.split_steps
+
+    def fragile(text):
+        if "boom" in text:
+            raise RuntimeError("boom")
+        return real(text)
+    monkeypatch.setattr(progrs, "split_steps", fragile)
+    probs = [{"question": "What is 2 + 2?", "gold": "4"}] * 2
+    s = progrs.score_completions(probs, ["2 + 2 = 4\nAnswer: 4", "boom\nAnswer: 4"], ToyPRM(), 0, 1.0)
+    assert s["correct"] == [True, False] and s["unscorable"] == [False, True]
+    assert s["b"][1] == 0.0 < s["b"][0]
 
 
 # ----------------------------------------------------------------------------------------------------
