@@ -566,10 +566,16 @@ class ModelPRM:
         check_model_source("--prm", name)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModelForTokenClassification.from_pretrained(name, dtype=torch.float32)
-        except (OSError, ValueError, KeyError) as e:
+            self.model, info = AutoModelForTokenClassification.from_pretrained(
+                name, dtype=torch.float32, output_loading_info=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: head size mismatch
             raise ProgrsError(f"--prm {name}: could not load a token-classification model "
                               f"({first_line(e)})") from None
+        head = {n for n, _ in self.model.named_parameters()} - \
+            {n for n, _ in self.model.base_model.named_parameters(prefix=self.model.base_model_prefix)}
+        if set(info["missing_keys"]) & head:  # from_pretrained would have made up a random head
+            raise ProgrsError(f"--prm {name}: this checkpoint has no classification head "
+                              f"({', '.join(sorted(head))} missing); expected a trained PRM")
         labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         taus = [_TAU_LABEL.fullmatch(str(x)) for x in labels]
         if all(taus) and len(labels) >= 1:
@@ -1281,8 +1287,12 @@ def build_prm(args, device, amp):
 
 
 def main(argv=None) -> dict:
+    from transformers.utils import logging as hf_logging
+
     args = build_parser().parse_args(argv)
     check_args(args)
+    hf_logging.set_verbosity_error()     # errors here are ours, one line each; no loading reports
+    hf_logging.disable_progress_bar()
     device, bf16 = pick_device(args)
     random.seed(args.seed)
     np.random.seed(args.seed)

@@ -1,7 +1,9 @@
 """Tests for progrs.py: CPU only, a few minutes. Run: pytest test_progrs.py"""
+import copy
 import doctest
 import json
 import math
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -299,7 +301,12 @@ def test_split_steps_drops_blank_lines_and_the_answer_line():
     ("1,000 + 200 = 1,200 and 10 / 4 = 2.5", (2, 0)),
     ("$5 + $3 = $8", (1, 0)),
     ("Step 1: 3 x 4 = 12", (1, 0)),
-    ("9 * 2 = 18 + 3 = 21", (2, 0)),                                  # a running chain
+    ("9 * 2 = 18 + 3 = 21", (1, 0)),                 # a running chain: only "18 + 3 = 21" is whole
+    ("60g * 4/5 = 240g/5 = 48 grams", (0, 0)),                        # words and fractions: unjudged
+    ("5 - 1 - 1/2 = 3 1/2 hours", (0, 0)),
+    ("3 / 6 = 50%", (0, 0)),
+    ("3x + 4 = 28", (0, 0)),                                          # algebra, not arithmetic
+    ("120 – 80 - 15 = 25", (1, 0)),                                   # an en dash is a minus
     ("2, 3 + 4 = 7", (1, 0)),                                         # a list, then an equation
     ("-3 + 5 = 2", (1, 0)),
     ("then 7 / 0 = 3", (0, 0)),                                       # not checkable
@@ -506,6 +513,189 @@ def test_one_update_raises_probability_of_positive_advantage_completion(tiny):
     assert (after[1:] - before[1:]).mean() < 0                        # negative advantages: down
 
 
+def copy_of(model):
+    m = type(model)(model.config)
+    m.load_state_dict(model.state_dict())
+    m.generation_config = copy.deepcopy(model.generation_config)
+    return m.eval()
+
+
+def test_completion_mask_ends_at_the_answer_line_or_the_first_eos():
+    eos = 9
+    comp = torch.tensor([[5, 6, 7, 9, 9],                             # EOS at 4, answer line ended at 2
+                         [5, 6, eos, 9, 9],                           # EOS before any answer stop
+                         [5, 6, 7, 8, 4]])                            # stopped after 5 tokens exactly
+    mask, truncated = progrs.completion_mask(comp, [eos], torch.tensor([2, 0, 5]))
+    assert mask.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, False]
+
+
+def never_stopping(model, tok):
+    """A copy of the tiny model that can never emit EOS: it rambles on after its answer."""
+    m = copy_of(model)
+    m.lm_head.register_forward_hook(lambda mod, inp, out: out.index_fill(-1, torch.tensor([tok.eos_token_id]),
+                                                                         -math.inf))
+    return m
+
+
+def test_completions_end_at_their_answer_line_even_on_a_model_that_never_stops(tiny):
+    model, tok = tiny
+    rambler = never_stopping(model, tok)
+    prompts = [progrs.build_prompt(q) for q in ("What is 12 + 30 - 5?", "What is 60 - 18 + 7 + 2?")]
+    torch.manual_seed(0)
+    batch = progrs.generate(rambler, tok, prompts, 4, 64, 1.0, no_amp)
+    n_answered = 0
+    for text, n, trunc in zip(batch["texts"], batch["completion_mask"].sum(1), batch["truncated"]):
+        found = progrs.find_answer(text)
+        if found is not None:                                         # ends right after the answer line
+            n_answered += 1
+            assert found.ended and found.end == len(text) and not trunc and n < 64
+    assert n_answered >= 6
+    # the same rollouts without the stop run to the cap: what the answer-line rule cuts off
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    seqs = rambler.generate(**enc, do_sample=True, top_k=0, max_new_tokens=64, num_return_sequences=4,
+                            pad_token_id=tok.pad_token_id)
+    assert seqs.shape[1] - enc["input_ids"].shape[1] == 64
+
+
+def test_sampling_ignores_the_models_generation_config_and_matches_the_trainer(tiny, monkeypatch):
+    """What a hub model ships in generation_config (min_p, top_k, repetition_penalty) must not reach
+    the sampler: the sampler's own scores give the same log-probs as the trainer's forward pass."""
+    model, tok = tiny
+    m = copy_of(model)
+    m.generation_config.update(do_sample=True, min_p=0.2, top_k=5, repetition_penalty=1.5, temperature=0.3)
+    shipped = m.generation_config.to_dict()
+    captured = []
+    real_generate = m.generate
+
+    def spy(*args, **kwargs):
+        out = real_generate(*args, **kwargs, output_scores=True, return_dict_in_generate=True)
+        captured.append(out)
+        return out.sequences
+    monkeypatch.setattr(m, "generate", spy)
+    prompts = [progrs.build_prompt(q) for q in ("What is 3 + 4?", "What is 47 + 28 - 19 + 6?")]
+    torch.manual_seed(1)
+    batch = progrs.generate(m, tok, prompts, 3, 24, 1.0, no_amp)
+    Tp, mask = batch["prompt_len"], batch["completion_mask"]
+    comp = batch["input_ids"][:, Tp:]
+    scores = torch.stack(captured[0].scores, 1)                       # (B, T, V) as sampled from
+    sampler = scores.log_softmax(-1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        trainer = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], Tp, 1.0, no_amp)
+    assert torch.allclose(trainer[mask], sampler[mask], atol=1e-4)
+    assert m.generation_config.to_dict() == shipped                   # put back as it was
+
+
+def test_rewards_are_paired_with_their_own_problems(monkeypatch):
+    """rollout_step judges row r against problem r // G (rows are prompt-major)."""
+    problems = [{"question": f"What is {i} + 0?", "gold": str(i)} for i in range(5)]
+    G = 3
+
+    def fake_generate(model, tokenizer, prompts, n, *args, **kwargs):
+        texts = [f"{i} + 0 = {i}\nAnswer: {i}" for i, _ in enumerate(prompts) for _ in range(n)]
+        return dict(texts=texts, completion_mask=torch.ones(len(texts), 4, dtype=torch.bool),
+                    truncated=torch.zeros(len(texts), dtype=torch.bool))
+    monkeypatch.setattr(progrs, "generate", fake_generate)
+    args = progrs.build_parser().parse_args(["--group-size", str(G)])
+    args.q_index, args.max_new_tokens = 0, 8
+    batch = progrs.rollout_step(None, None, problems, args, ToyPRM(), no_amp)
+    assert batch["correct"].shape == (5, G) and batch["correct"].all()
+    problems[2]["gold"] = "99"                                        # one problem's rollouts all wrong
+    batch = progrs.rollout_step(None, None, problems, args, ToyPRM(), no_amp)
+    assert batch["correct"].sum(1).tolist() == [G, G, 0, G, G]
+
+
+def test_gradient_equals_the_supervised_gradient_when_every_advantage_is_one(tiny):
+    """With A = 1 for every rollout the update is supervised training on the batch's own tokens:
+    the gradient of the mean token NLL over the whole batch (divided by tokens, not sequences)."""
+    model, tok = tiny
+    batch = make_batch(model, tok)
+    mask = batch["completion_mask"]
+    assert len(set(mask.sum(1).tolist())) > 1                         # rows of different lengths
+    got = grads_after_update(model, batch, torch.ones(8), micro_batch=3)
+    m = copy_of(model)
+    lp = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
+                               1.0, no_amp)
+    (-(lp * mask).sum() / mask.sum()).backward()
+    want = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_ppo_clip_takes_the_pessimistic_side():
+    """L = -min(rho A, clip(rho, 0.8, 1.2) A): a ratio past the clip in the advantage's direction
+    gets no credit beyond it and no gradient; the other side is never clipped."""
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.5, 0.5]])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    per_token = []
+    for j in range(4):
+        mask = torch.zeros(1, 4)
+        mask[0, j] = 1
+        per_token.append(progrs.policy_loss(logp, old, adv[j:j + 1].expand(1), mask, 1.0)[0].item())
+    assert per_token == pytest.approx([-1.2, -0.5, 1.5, 0.8])
+    loss, _ = progrs.policy_loss(logp, old, torch.tensor([1.0]), torch.tensor([[1.0, 0, 0, 0]]), 1.0)
+    loss.backward()
+    assert logp.grad[0, 0] == 0                                       # clipped: no gradient
+
+
+def test_k3_kl_estimates_kl_of_the_policy_to_the_reference():
+    """E_{y ~ pi}[exp(ref - logp) - (ref - logp) - 1] = KL(pi || ref) exactly, for any two
+    distributions; the estimator with the sign flipped does not."""
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(1, 12, generator=g).log_softmax(-1)
+    ref = torch.randn(1, 12, generator=g).log_softmax(-1)
+    pi = logp.exp()
+    _, kl = progrs.policy_loss(logp, logp, torch.zeros(1), pi, 1.0, ref_logp=ref, kl_coef=1.0)
+    assert kl.item() == pytest.approx(float((pi * (logp - ref)).sum()), rel=1e-5)
+
+
+def test_bf16_autocast_gives_fp32_logprobs_close_to_fp32(tiny):
+    model, tok = tiny
+    batch = make_batch(model, tok)
+    args = (batch["input_ids"], batch["attention_mask"], batch["prompt_len"], 1.0)
+    with torch.no_grad():
+        exact = progrs.token_logprobs(model, *args, no_amp)
+        bf16 = progrs.token_logprobs(model, *args, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    mask = batch["completion_mask"]
+    assert bf16.dtype == torch.float32
+    err = (bf16 - exact)[mask].abs()
+    assert 0 < err.max() < 0.1                                        # bf16 body, fp32 head
+
+
+def test_chat_prompts_get_their_special_tokens_once(tiny):
+    from tokenizers.processors import TemplateProcessing
+    model, tok = tiny
+    tok = copy.deepcopy(tok)
+    eos = tok.eos_token
+    tok.chat_template = ("{% for m in messages %}" + eos + "user: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}Solution:\n{% endif %}")
+    # a tokenizer that adds a special token at the start, as Llama-style tokenizers add BOS
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{eos} $A", special_tokens=[(eos, tok.eos_token_id)])
+    assert tok("x")["input_ids"][0] == tok.eos_token_id
+    prompt = progrs.build_prompt("What is 3 + 4?", tok, chat=True)
+    assert prompt.startswith(eos + "user: " + progrs.INSTRUCTION) and prompt.endswith("Solution:\n")
+    torch.manual_seed(0)
+    batch = progrs.generate(model, tok, [prompt], 2, 8, 1.0, no_amp, chat=True)
+    ids = batch["input_ids"][0, :batch["prompt_len"]].tolist()
+    assert ids[0] == tok.eos_token_id and ids[1] != tok.eos_token_id  # the template's one, not two
+
+
+def test_size_defaults_pick_the_task_and_the_scale():
+    args = progrs.build_parser().parse_args([])
+    assert progrs.apply_size_defaults(args, 494_000_000) == "llm"
+    assert (args.data, args.eval_data, args.lr, args.max_new_tokens, args.micro_batch) == \
+        ("gsm8k", "gsm8k", 1e-6, 512, 8)
+    assert args.save_every == args.eval_every == 25
+    args = progrs.build_parser().parse_args(["--lr", "3e-6", "--data", "mine.jsonl"])
+    progrs.apply_size_defaults(args, 494_000_000)
+    assert args.lr == 3e-6 and args.data == "mine.jsonl" and args.eval_data == "gsm8k"
+    args = progrs.build_parser().parse_args([])
+    assert progrs.apply_size_defaults(args, 829_696) == "tiny"
+    assert Path(args.data) == HERE / "tiny_task" / "train.jsonl" and args.lr == 1e-4
+
+
 # ----------------------------------------------------------------------------------------------------
 # End to end and CLI
 
@@ -531,10 +721,12 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
     steps = [r for r in runs[0] if "train_accuracy" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for key in ("dominance_violations", "trace_error_rate", "steps_per_answer", "process_score",
-                "completion_tokens", "truncated", "bonus_incorrect_abs"):
+                "completion_tokens", "truncated", "bonus_incorrect_abs", "unscorable"):
         assert key in steps[0]
     assert sum("eval_accuracy" in r for r in runs[0]) == 3            # start, step 1, step 2
-    assert "greedy pass@1" in proc.stdout and "step scores" in proc.stdout  # summary and table
+    assert "step scores" in proc.stdout                               # the teaching table
+    assert proc.stdout.strip().splitlines()[-1].startswith("greedy pass@1: ")  # the last line
+    assert json.loads((tmp_path / "a" / "model" / "progrs_step.json").read_text()) == {"step": 2}
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "a" / "model")
     assert model.config.model_type == "qwen2" and tok.eos_token_id is not None
@@ -550,6 +742,10 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
     (["--out", "progrs.py"], "--out"),
     (["--model", "./no/such/model"], "--model"),
     (["--model", "tiny_task"], "config.json"),
+    (["--prm", "./no/such/prm"], "--prm"),
+    (["--prm", "tiny_task/model"], "no classification head"),
+    (["--prm-quantile", "0.3"], "--prm-quantile"),
+    (["--save-every", "0"], "--save-every"),
 ])
 def test_cli_bad_input_is_one_line(flags, needle):
     proc = run_cli(*flags, "--steps", "1")
@@ -572,3 +768,95 @@ def test_cli_malformed_jsonl_names_file_and_line(tmp_path):
     latin1.write_bytes('{"question": "Caf\u00e9 1 + 1?", "answer": "2"}\n'.encode("latin-1"))
     err = run_cli("--data", str(latin1), "--steps", "1").stderr.strip().splitlines()
     assert len(err) == 1 and str(latin1) in err[0] and "UTF-8" in err[0]
+
+
+def small(out, *flags):
+    return ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--eval-size", "4",
+            "--max-new-tokens", "24", "--out", str(out), *flags]
+
+
+def test_a_crash_or_ctrl_c_leaves_the_last_checkpoint_and_the_metrics(tmp_path, monkeypatch):
+    real, calls = progrs.update_policy, []
+
+    def update_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(progrs, "update_policy", update_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        progrs.main(small(tmp_path, "--steps", "4", "--eval-every", "2"))
+    assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 2}
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_accuracy" in r] == [1, 2]
+    assert not (tmp_path / "model.tmp").exists()
+
+
+def test_bf16_autocast_run_trains_with_finite_numbers(tmp_path):
+    progrs.main(small(tmp_path, "--dtype", "bf16"))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train_accuracy" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in steps)
+
+
+def test_chat_run_end_to_end(tmp_path, tiny):
+    model, tok = tiny
+    tok = copy.deepcopy(tok)
+    tok.chat_template = ("{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}Solution:\n{% endif %}")
+    model.save_pretrained(tmp_path / "chat_model")
+    tok.save_pretrained(tmp_path / "chat_model")
+    res = progrs.main(small(tmp_path / "out", "--model", str(tmp_path / "chat_model"), "--chat"))
+    assert 0.0 <= res["after"]["eval_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["chat"] is True
+    with pytest.raises(progrs.ProgrsError, match="--chat"):
+        progrs.main(small(tmp_path / "out2", "--chat"))               # the tiny tokenizer has none
+
+
+# ----------------------------------------------------------------------------------------------------
+# An LLM-sized model (random weights, saved locally): GSM8K by default, offline
+
+@pytest.fixture(scope="module")
+def llm_sized(tmp_path_factory):
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=6,
+                      num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg)
+    assert sum(p.numel() for p in model.parameters()) > progrs.TINY_MAX_PARAMS
+    path = tmp_path_factory.mktemp("llm_sized")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def offline_env(tmp_path):
+    # loopback, closed port: the download fails at once and nothing leaves the machine
+    return dict(os.environ, HF_HUB_OFFLINE="1", PROGRS_CACHE=str(tmp_path / "cache"),
+                PROGRS_GSM8K_URL="http://127.0.0.1:9/gsm8k")
+
+
+def test_llm_sized_model_defaults_to_gsm8k_and_says_so_offline(llm_sized, tmp_path):
+    proc = subprocess.run([sys.executable, str(HERE / "progrs.py"), "--model", str(llm_sized),
+                           "--out", str(tmp_path / "out")], cwd=HERE, capture_output=True, text=True,
+                          env=offline_env(tmp_path), timeout=600)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1, proc.stderr[-2000:]
+    assert "--data gsm8k" in err[0] and "127.0.0.1:9/gsm8k/train.jsonl" in err[0]
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} not present (shared data is beside the checkout)")
+def test_llm_sized_model_trains_two_steps_on_gsm8k_files(llm_sized, tmp_path):
+    flags = small(tmp_path / "out", "--model", str(llm_sized), "--data", str(GSM8K), "--eval-data",
+                  str(GSM8K), "--max-new-tokens", "16", "--micro-batch", "2", "--eval-batch", "4")
+    proc = subprocess.run([sys.executable, str(HERE / "progrs.py"), *flags], cwd=HERE,
+                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(llm defaults)" in proc.stdout
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train_accuracy" in r]
+    assert len(steps) == 2 and all(r["completion_tokens"] <= 16 for r in steps)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["lr"] == 1e-6 and config["eval_every"] == 25          # the LLM-size defaults
