@@ -11,13 +11,14 @@ Run it (the default trains the ~1M-parameter model in tiny_task/ on CPU, offline
 
     pip install -r requirements.txt && python progrs.py
     python progrs.py --mode outcome                  # plain GRPO, for comparison
-    python progrs.py --model Qwen/Qwen2.5-0.5B       # on a GPU: picks CUDA + bf16, 0.5B-sized defaults
+    python progrs.py --prm tiny_task/prm             # a learned quantile-regression PRM
+    python progrs.py --model Qwen/Qwen2.5-0.5B       # on a GPU: CUDA + bf16, GSM8K, 0.5B-sized defaults
     python progrs.py --model Qwen/Qwen2.5-0.5B-Instruct --chat
     pytest test_progrs.py
 
 Read it top to bottom; the sections run in the order the algorithm does:
-    data -> prompt -> verifier -> steps -> toy PRM -> coherence -> centering -> advantages
-    -> rollouts -> loss -> training loop -> main
+    data -> prompt -> verifier -> steps -> toy PRM -> learned PRM -> coherence -> centering
+    -> advantages -> rollouts -> loss -> training loop -> main
 
 What is the paper's (arXiv 2604.02341; only its abstract is public):
   - GRPO with verifiable outcome rewards, a step-level PRM on top, the outcome kept in charge.
@@ -27,14 +28,16 @@ What is the paper's (arXiv 2604.02341; only its abstract is public):
 What is our reading, where the abstract is silent (each is marked "our reading" where it is coded):
   - The advantage is A = A_out + lam * centered_bonus, with A_out GRPO's group-normalised outcome
     reward; correct rollouts keep their uncentered process score as their bonus.
+  - The verified answer is the first committed answer line; decoding stops there.
   - Steps are the non-empty lines before the answer line; windows are sliding windows of 2 and 4
-    consecutive steps; zero steps give a process score of 0.
-  - The PRM here is a toy: it checks each step's arithmetic and turns that evidence into quantiles of
-    a Beta distribution. It stands in for a trained PRM behind one method, ToyPRM.score().
-  - The trainer reads the lowest quantile (tau = 0.1) by default: a pessimistic PRM.
+    consecutive judged steps; no judged step gives a process score of 0.
+  - The default PRM is a toy: it checks each step's arithmetic and turns the verdict into quantiles
+    of a Beta distribution. A learned PRM (a Hugging Face token-classification model with a quantile
+    or a two-class head; tiny_task/build_prm.py trains one) plugs in behind the same interface.
+  - The trainer reads the PRM's lowest quantile (tau = 0.1) by default: a pessimistic PRM.
 What is left out:
-  - No trained PRM, no value network, no reference-model KL by default (--kl-coef turns it on),
-    one policy update per batch by default (--ppo-epochs > 1 turns on the clipped ratio).
+  - No value network, no reference-model KL by default (--kl-coef turns it on), one policy update
+    per batch by default (--ppo-epochs > 1 turns on the clipped ratio).
 """
 from __future__ import annotations
 

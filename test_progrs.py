@@ -531,10 +531,11 @@ def test_completion_mask_ends_at_the_answer_line_or_the_first_eos():
 
 
 def never_stopping(model, tok):
-    """A copy of the tiny model that can never emit EOS: it rambles on after its answer."""
+    """A copy of the tiny model that writes a newline where it would stop: it rambles on."""
+    sys.path.insert(0, str(HERE / "tiny_task"))
+    from rambling import never_stops
     m = copy_of(model)
-    m.lm_head.register_forward_hook(lambda mod, inp, out: out.index_fill(-1, torch.tensor([tok.eos_token_id]),
-                                                                         -math.inf))
+    m.lm_head.register_forward_hook(never_stops(tok))
     return m
 
 
@@ -694,6 +695,88 @@ def test_size_defaults_pick_the_task_and_the_scale():
     args = progrs.build_parser().parse_args([])
     assert progrs.apply_size_defaults(args, 829_696) == "tiny"
     assert Path(args.data) == HERE / "tiny_task" / "train.jsonl" and args.lr == 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learned PRMs behind the same interface (random-init heads on the tiny body; the built one below)
+
+def save_token_classifier(path, labels, seed=0):
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+    cfg = AutoConfig.from_pretrained(TINY_MODEL, num_labels=len(labels),
+                                     id2label=dict(enumerate(labels)),
+                                     label2id={x: i for i, x in enumerate(labels)})
+    torch.manual_seed(seed)
+    AutoModelForTokenClassification.from_config(cfg).save_pretrained(path)
+    AutoTokenizer.from_pretrained(TINY_MODEL).save_pretrained(path)
+    return path
+
+
+def cpu_prm(path):
+    return progrs.ModelPRM(str(path), torch.device("cpu"), no_amp)
+
+
+QUESTION, STEPS = "What is 47 + 28 - 19?", ["47 + 28 = 75", "so subtract 19", "75 - 19 = 56"]
+
+
+def test_two_class_prm_reads_the_probability_of_a_good_step(tmp_path):
+    prm = cpu_prm(save_token_classifier(tmp_path / "pm", ["bad", "good"]))
+    assert prm.kind == "two-class" and prm.taus == (0.5,) and prm.good == 1
+    q = prm.score(QUESTION, STEPS)
+    assert q.shape == (3, 1) and ((q > 0) & (q < 1)).all()
+    ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
+    with torch.no_grad():
+        z = prm.model(input_ids=torch.tensor([ids])).logits[0, ends]  # read at each step's last token
+    assert torch.allclose(q[:, 0], z.softmax(-1)[:, 1], atol=1e-6)
+    swapped = cpu_prm(save_token_classifier(tmp_path / "swapped", ["good", "bad"]))
+    assert swapped.good == 0
+
+
+def test_quantile_prm_never_crosses_and_batches_like_one_at_a_time(tmp_path):
+    prm = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"], seed=3))
+    assert prm.kind == "quantile" and prm.taus == (0.1, 0.5, 0.9)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(10000, 3, generator=g) * 20
+    q = progrs.quantiles_from_logits(z)
+    assert (q[:, 1:] >= q[:, :-1]).all() and ((q >= 0) & (q <= 1)).all()
+    questions = ["What is 3 + 4?", QUESTION, "What is 1 + 1 + 1?"]
+    steps = [["3 + 4 = 7"], STEPS, []]
+    batched = prm.score_batch(questions, steps)
+    for qs, st, b in zip(questions, steps, batched):
+        assert b.shape == (len(st), 3) and torch.allclose(b, prm.score(qs, st), atol=1e-5)
+        assert (b[:, 1:] >= b[:, :-1]).all()
+
+
+def test_rule_and_learned_prm_are_interchangeable_in_rollout_step(tmp_path, monkeypatch):
+    problems = [{"question": f"What is {i} + 1?", "gold": str(i + 1)} for i in range(3)]
+
+    def fake_generate(model, tokenizer, prompts, n, *args, **kwargs):
+        texts = [f"{i} + 1 = {i + j}\nnow\nAnswer: {i + j}" for i, _ in enumerate(prompts) for j in range(n)]
+        return dict(texts=texts, completion_mask=torch.ones(len(texts), 4, dtype=torch.bool),
+                    truncated=torch.zeros(len(texts), dtype=torch.bool))
+    monkeypatch.setattr(progrs, "generate", fake_generate)
+    args = progrs.build_parser().parse_args(["--group-size", "4"])
+    args.q_index, args.max_new_tokens = 0, 8
+    learned = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"]))
+    out = [progrs.rollout_step(None, None, problems, args, prm, no_amp) for prm in (ToyPRM(), learned)]
+    assert out[0].keys() == out[1].keys()
+    for k in ("correct", "b_grid", "adv", "a_out", "bonus"):
+        assert out[0][k].shape == out[1][k].shape == (3, 4)
+    assert torch.equal(out[0]["correct"], out[1]["correct"])          # the outcome is the PRM's no business
+    m = [progrs.step_metrics(o, args) for o in out]
+    assert m[0].keys() == m[1].keys()
+
+
+def test_a_head_that_does_not_match_its_labels_is_one_line(tmp_path):
+    path = save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"])
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["id2label"], cfg["label2id"] = {"0": "q0.1", "1": "q0.9"}, {"q0.1": 0, "q0.9": 1}
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(progrs.ProgrsError, match="--prm") as e:
+        cpu_prm(path)
+    assert "\n" not in str(e.value)
+    bad = save_token_classifier(tmp_path / "five", ["a", "b", "c", "d", "e"])
+    with pytest.raises(progrs.ProgrsError, match="quantile head .* or a two-class head"):
+        cpu_prm(bad)
 
 
 # ----------------------------------------------------------------------------------------------------
