@@ -106,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=None, help="completion length cap")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
     g = p.add_argument_group("rewards")
-    g.add_argument("--mode", default="progrs", choices=["progrs", "outcome", "absolute"],
-                   help="progrs: A_out + lam*centered b | outcome: plain GRPO | absolute: r + lam*b")
+    g.add_argument("--mode", default="progrs", choices=["progrs", "outcome", "absolute", "progrs-strict"],
+                   help="progrs: A_out + lam*centered b | outcome: plain GRPO | absolute: r + lam*b"
+                        " | progrs-strict: b centred within each outcome class")
+    g.add_argument("--bonus-control", default="none", choices=["none", "shuffle", "constant"],
+                   help="experiment control: b shuffled within each group, or b = the step's mean b")
     g.add_argument("--lam", type=float, default=1.0, help="weight of the process bonus (>= 0)")
     g.add_argument("--prm", default="toy", help="toy (the rule PRM) | a PRM folder | a hub id")
     g.add_argument("--prm-quantile", type=float, default=None,
@@ -694,6 +697,12 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
 # --mode outcome:  A = A_out (plain GRPO; the PRM is computed and logged but not used).
 # --mode absolute: the naive blend the paper warns against: reward = r + lam * b, group-normalised.
 #                  A wrong answer with fluent steps can then out-score a right one.
+# --mode progrs-strict: a stricter reading (ours): right rollouts' scores are centred among
+#                  themselves too, so the PRM only orders rollouts within each outcome class and an
+#                  all-right group gets no net push (its advantages sum to zero).
+# --bonus-control: controls for experiments, applied to b before any mode: `shuffle` permutes b within
+#                  each group (the same values, so the same offsets, but no link to the rollouts),
+#                  `constant` gives every rollout the step's mean b (the offsets alone).
 #
 # Dominance. In a mixed group with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1/(std + eps)
 # with std = sqrt(p(1-p)), while the bonuses differ by at most lam * (n_wrong - 1)/n_wrong (b in
@@ -739,6 +748,10 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
         adv = a_out
     elif mode == "absolute":
         adv = group_normalize(r + lam * b)
+    elif mode == "progrs-strict":
+        # the same centering with the roles swapped centres the right rollouts among themselves
+        bonus = torch.where(correct.bool(), outcome_conditioned_centering(b, ~correct.bool()), bonus)
+        adv = a_out + lam * bonus
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return adv, a_out, bonus
@@ -1023,7 +1036,16 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
     return out
 
 
-def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
+def control_bonus(b: torch.Tensor, control: str, rng: torch.Generator | None = None) -> torch.Tensor:
+    """--bonus-control: (P, G) process scores -> the (P, G) scores the advantages use."""
+    if control == "shuffle":
+        return b.gather(-1, torch.rand(b.shape, generator=rng).argsort(-1))   # a permutation per group
+    if control == "constant":
+        return torch.full_like(b, float(b.mean()))
+    return b
+
+
+def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp, rng=None) -> dict:
     """Sample G rollouts for each of P problems and compute everything the update needs."""
     t0 = time.perf_counter()
     prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems]
@@ -1035,7 +1057,8 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
     scored = score_completions(per_rollout, batch["texts"], prm, args.q_index, args.lam_var)
     correct = torch.tensor(scored["correct"]).view(P, G)                          # (P, G)
     b = torch.tensor(scored["b"], dtype=torch.float32).view(P, G)                 # (P, G)
-    adv, a_out, bonus = compute_advantages(correct, b, args.mode, args.lam)       # (P, G) each
+    b_used = control_bonus(b, args.bonus_control, rng)                            # (P, G)
+    adv, a_out, bonus = compute_advantages(correct, b_used, args.mode, args.lam)  # (P, G) each
     batch.update(scored, correct=correct, b_grid=b, adv=adv, a_out=a_out, bonus=bonus,
                  t_generate=t1 - t0, t_score=time.perf_counter() - t1)
     return batch
@@ -1131,6 +1154,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
     if args.kl_coef > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     rng, queue = random.Random(args.seed), []
+    control_rng = torch.Generator().manual_seed(args.seed)  # --bonus-control shuffle only
 
     def next_problems():  # P prompts at a time, reshuffled every epoch over the train set
         nonlocal queue
@@ -1160,7 +1184,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
         last = before
         for step in bar:
             problems = next_problems()
-            batch = rollout_step(model, tokenizer, problems, args, prm, amp)
+            batch = rollout_step(model, tokenizer, problems, args, prm, amp, control_rng)
             t0 = time.perf_counter()
             upd = update_policy(model, optimizer, batch, batch["adv"].flatten(), args, amp, ref_model)
             schedule.step()

@@ -149,6 +149,31 @@ def test_all_incorrect_row_learns_only_from_centered_bonus():
     assert torch.equal(compute_advantages(ok, b, "outcome", 0.7)[0], torch.zeros(1, 4))
 
 
+def test_strict_reading_centres_both_outcome_classes():
+    s, ok = random_groups()
+    b = (s + 2) / 4
+    adv, a_out, bonus = compute_advantages(ok, b, "progrs-strict", 0.7)
+    for cls in (ok, ~ok):
+        n = cls.sum(1)
+        sums = torch.where(cls, bonus, 0.0).sum(1)
+        assert torch.allclose(sums[n > 0], torch.zeros(int((n > 0).sum())), atol=1e-5)
+    assert torch.allclose(adv, a_out + 0.7 * bonus)
+    assert torch.allclose(adv[:50].sum(1), torch.zeros(50), atol=1e-5)  # all right: no net push
+    i = 300                                                          # order within a class is kept
+    assert torch.equal(torch.argsort(b[i][ok[i]]), torch.argsort(bonus[i][ok[i]]))
+
+
+def test_bonus_controls_keep_values_or_offsets_and_drop_the_link():
+    s, _ = random_groups(n=500)
+    b = (s + 2) / 4
+    shuffled = progrs.control_bonus(b, "shuffle", torch.Generator().manual_seed(0))
+    assert torch.equal(shuffled.sort(-1).values, b.sort(-1).values)    # same values in each group
+    assert (shuffled != b).any(-1).float().mean() > 0.9               # but moved
+    const = progrs.control_bonus(b, "constant")
+    assert torch.allclose(const, torch.full_like(b, float(b.mean())))
+    assert progrs.control_bonus(b, "none") is b
+
+
 def test_max_dominant_lam_is_tight():
     """Just under the bound no violation; just over it the worst-case group violates."""
     for G in (2, 4, 8, 16):
