@@ -2,6 +2,7 @@
 
     python tiny_task/make_data.py      # once: tiny_task/train.jsonl, tiny_task/test.jsonl
     python tiny_task/build_model.py    # about 3.5 minutes on 2 CPU cores: tiny_task/model/
+    python tiny_task/build_model.py --p-hasty 0.9 --out tiny_task/model_sparse   # a more hasty habit
 
 1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
    (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
@@ -34,6 +35,7 @@ see the first kind and an outcome reward cannot see the second: the RL stage nee
 
 Everything is seeded and the step count is fixed, so two builds give the same weights.
 """
+import argparse
 import random
 import re
 import sys
@@ -136,7 +138,7 @@ def batch_tensors(tok, questions, rng, p_hasty):
     return ids, mask, labels
 
 
-def sft(model, tok, questions, n_steps, on_step=None):
+def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY):
     rng = random.Random(SEED)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     # linear warmup, then linear decay to zero
@@ -144,7 +146,7 @@ def sft(model, tok, questions, n_steps, on_step=None):
         opt, lambda i: min((i + 1) / WARMUP, (n_steps - i) / (n_steps - WARMUP)))
     model.train()
     for step in range(1, n_steps + 1):
-        p_hasty = P_HASTY if step > CAREFUL_ONLY else 0.0
+        p_hasty = p_hasty_late if step > CAREFUL_ONLY else 0.0
         ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng, p_hasty)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
@@ -193,6 +195,11 @@ def report(name: str, res: dict) -> None:
 
 
 def main():
+    ap = argparse.ArgumentParser(description="Build the tiny task's warm-start model.")
+    ap.add_argument("--p-hasty", type=float, default=P_HASTY,
+                    help="hasty share of demonstrations after the careful-only steps")
+    ap.add_argument("--out", type=Path, default=OUT, help="where the model is saved")
+    a = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(SEED)
     questions = [p["question"] for p in load_problems(HERE / "train.jsonl")]
@@ -206,16 +213,16 @@ def main():
     print(f"vocab {len(tok)}, parameters {n_params:,}")
 
     sft(model, tok, questions, SFT_STEPS,
-        lambda s, loss: s % 100 == 0 and print(f"step {s:4d}  loss {loss:.3f}", flush=True))
-    OUT.mkdir(exist_ok=True)
-    model.save_pretrained(OUT)
-    tok.save_pretrained(OUT)
+        lambda s, loss: s % 100 == 0 and print(f"step {s:4d}  loss {loss:.3f}", flush=True), a.p_hasty)
+    a.out.mkdir(exist_ok=True)
+    model.save_pretrained(a.out)
+    tok.save_pretrained(a.out)
 
     print(f"parameters {n_params:,}; {len(test)} test problems")
     report("greedy", evaluate(model, tok, test))
     torch.manual_seed(SEED)
     report("sampled at temperature 1 (what RL sees)", evaluate(model, tok, test, temperature=1.0))
-    print(f"saved to {OUT} in {time.time() - t0:.0f}s")
+    print(f"saved to {a.out} in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
