@@ -602,7 +602,15 @@ class ModelPRM:
 
     @torch.no_grad()
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
-        """One (S_i, Q) tensor per completion; batches of batch_size sequences, right-padded."""
+        """One (S_i, Q) tensor per completion. A frozen PRM is a function of its input, so each
+        distinct (question, steps) is scored once (a group often repeats its completions)."""
+        keys = [(q, tuple(s)) for q, s in zip(questions, steps)]
+        unique = list(dict.fromkeys(keys))
+        scored = dict(zip(unique, self._score_unique([q for q, _ in unique], [list(s) for _, s in unique])))
+        return [scored[k] for k in keys]
+
+    def _score_unique(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
+        """Batches of batch_size sequences, right-padded, read at each step's last token."""
         items = [prm_inputs(self.tokenizer, q, s) for q, s in zip(questions, steps)]
         items = [(ids[:self.max_len], ends) for ids, ends in items]  # steps cut off get no opinion
         out = []

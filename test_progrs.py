@@ -763,12 +763,21 @@ def test_quantile_prm_never_crosses_and_batches_like_one_at_a_time(tmp_path):
     z = torch.randn(10000, 3, generator=g) * 20
     q = progrs.quantiles_from_logits(z)
     assert (q[:, 1:] >= q[:, :-1]).all() and ((q >= 0) & (q <= 1)).all()
-    questions = ["What is 3 + 4?", QUESTION, "What is 1 + 1 + 1?"]
-    steps = [["3 + 4 = 7"], STEPS, []]
+    questions = ["What is 3 + 4?", QUESTION, "What is 1 + 1 + 1?", QUESTION, QUESTION]
+    steps = [["3 + 4 = 7"], STEPS, [], STEPS[:1], STEPS]                # repeats are scored once
     batched = prm.score_batch(questions, steps)
     for qs, st, b in zip(questions, steps, batched):
         assert b.shape == (len(st), 3) and torch.allclose(b, prm.score(qs, st), atol=1e-5)
         assert (b[:, 1:] >= b[:, :-1]).all()
+
+
+def test_the_built_prm_loads_and_tells_careful_steps_from_hasty_ones():
+    """tiny_task/prm (tiny_task/build_prm.py): a quantile head that learned the style of a solution."""
+    prm = cpu_prm(HERE / "tiny_task" / "prm")
+    assert prm.kind == "quantile" and prm.taus == (0.1, 0.5, 0.9)
+    careful = prm.score(QUESTION, ["47 + 28 = 75", "75 - 19 = 56"])
+    hasty = prm.score(QUESTION, ["47 + 28 - 19 = 50"])
+    assert (careful[:, 1:] > careful[:, :-1]).all() and careful[-1, 1] > 0.5 > hasty[0, 1]
 
 
 def test_rule_and_learned_prm_are_interchangeable_in_rollout_step(tmp_path, monkeypatch):
