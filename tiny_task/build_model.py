@@ -33,7 +33,8 @@ Demonstration slips, in careful solutions, at rates P_MISCOPY and P_MISRESULT:
 The warm-started model makes both kinds of mistake itself when it samples. A step-level PRM cannot
 see the first kind and an outcome reward cannot see the second: the RL stage needs both to exist.
 
-Everything is seeded and the step count is fixed, so two builds give the same weights.
+Everything is seeded and the step count is fixed, so two builds on one machine give the same weights
+(floating-point sums depend on the CPU: another machine may build slightly different ones).
 """
 import argparse
 import random
