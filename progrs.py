@@ -240,6 +240,7 @@ def load_data(value: str, split: str, flag: str) -> list[dict]:
     """--data / --eval-data: a JSONL path, or `gsm8k` for that split of GSM8K."""
     return load_problems(gsm8k_file(split, flag) if value == "gsm8k" else value)
 
+
 # ----------------------------------------------------------------------------------------------------
 # Prompt
 #
@@ -348,9 +349,10 @@ def single_number(s: str) -> Decimal | None:
 
 
 def answers_match(pred: str, gold: str) -> bool:
+    """A numeric gold by value against the one number in pred; any other gold as a cleaned string."""
     g = gold.strip().replace("$", "").replace(",", "").rstrip(".")
     if _NUMBER.fullmatch(g):
-        return single_number(pred.replace("\\$", "$")) == Decimal(g)
+        return single_number(pred) == Decimal(g)
     clean = lambda s: s.replace("$", "").replace("*", "").strip().removesuffix(".").strip()  # noqa: E731
     return clean(pred) == clean(gold)
 
@@ -460,12 +462,12 @@ def _lhs_before(text: str, eq: int) -> str | None:
         i -= 1
         if eq - i > MAX_EXPR:
             return None
-    run = text[i:eq]
-    comma = run.rfind(", ")                            # "2, 3 + 4 = 7": a list, then an equation
-    m = re.search(r"[0-9(]|-(?=[0-9(])", run[comma + 1:])  # start at a number, sign or parenthesis
-    if m is None or run[comma + 1:][:m.start()].strip(" $"):
+    comma = text.rfind(", ", i, eq)                   # "2, 3 + 4 = 7": a list, then an equation
+    i = comma + 1 if comma != -1 else i
+    m = re.search(r"[0-9(]|-(?=[0-9(])", text[i:eq])  # start at a number, sign or parenthesis
+    if m is None or text[i:i + m.start()].strip(" $"):
         return None                                    # "9 hours * 2/3 = 6": the left operand is words
-    start = i + comma + 1 + m.start()
+    start = i + m.start()
     if start > 0 and (text[start - 1].isalnum() or text[start - 1] == "."):
         return None                                    # "1e999 + 1", "v2 + 3": not a clean start
     return text[start:eq]
@@ -543,7 +545,7 @@ class ToyPRM:
 
 STEP_SEP = "\n"
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
-_GOOD_LABEL = re.compile(r"good|positive|pos|\+|correct|1", re.IGNORECASE)
+_GOOD_LABEL = re.compile(r"good|pos|\+|correct|1", re.IGNORECASE)
 
 
 def prm_inputs(tokenizer, question: str, steps: list[str], sep: str = STEP_SEP):
@@ -584,7 +586,7 @@ class ModelPRM:
                               f"({', '.join(sorted(head))} missing); expected a trained PRM")
         labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         taus = [_TAU_LABEL.fullmatch(str(x)) for x in labels]
-        if all(taus) and len(labels) >= 1:
+        if all(taus):
             self.kind, self.taus = "quantile", tuple(float(m.group(1)) for m in taus)
             if list(self.taus) != sorted(set(self.taus)):
                 raise ProgrsError(f"--prm {name}: quantile labels {labels} are not increasing taus")
@@ -763,6 +765,15 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return adv, a_out, bonus
+
+
+def control_bonus(b: torch.Tensor, control: str, rng: torch.Generator | None = None) -> torch.Tensor:
+    """--bonus-control: (P, G) process scores -> the (P, G) scores the advantages use."""
+    if control == "shuffle":
+        return b.gather(-1, torch.rand(b.shape, generator=rng).argsort(-1))   # a permutation per group
+    if control == "constant":
+        return torch.full_like(b, float(b.mean()))
+    return b
 
 
 def max_dominant_lam(group_size: int, eps: float = ADV_EPS) -> float:
@@ -1013,44 +1024,27 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
                       lam_var: float) -> dict:
     """Verify and PRM-score completions (one problem per text): lists, one entry per completion.
 
-    Nothing a model writes stops a run: a completion whose scoring raises is judged wrong, gets
-    b = 0 (the lowest process score) and is counted in `unscorable`.
+    Nothing a model writes stops a run: a completion whose verification or step splitting raises is
+    judged wrong, has no steps, so b = 0 (the lowest process score), and is counted in `unscorable`.
     """
-    steps, unscorable = [], []
-    for text in texts:
+    out = dict(correct=[], b=[], step_scores=[], n_steps=[], trace_error=[], unscorable=[])
+    steps = []
+    for prob, text in zip(problems, texts):
         try:
-            steps.append(split_steps(text))
-            unscorable.append(False)
+            s, ok = split_steps(text), is_correct(text, prob["gold"])
+            # a right answer reached through at least one false equation (the verifier cannot see it)
+            trace, bad = ok and any(check_equations(x)[1] > 0 for x in s), False
         except Exception:
-            steps.append([])
-            unscorable.append(True)
-    scores = prm.score_batch([p["question"] for p in problems], steps)            # [(S_i, Q)]
-    out = dict(correct=[], b=[], step_scores=[], n_steps=[], trace_error=[], unscorable=unscorable)
-    for i, (prob, text) in enumerate(zip(problems, texts)):
-        ok, b, trace = False, 0.0, False
-        if not unscorable[i]:
-            try:
-                q = scores[i][:, q_index]                                         # (S_i,)
-                ok, b = is_correct(text, prob["gold"]), coherence_score(q, lam_var=lam_var)
-                # a right answer reached through at least one false equation (the verifier cannot see it)
-                trace = ok and any(check_equations(s)[1] > 0 for s in steps[i])
-            except Exception:
-                ok, b, unscorable[i] = False, 0.0, True
+            s, ok, trace, bad = [], False, False, True
+        steps.append(s)
         out["correct"].append(ok)
-        out["b"].append(b)
-        out["step_scores"].append(scores[i][:, q_index].tolist() if len(steps[i]) else [])
-        out["n_steps"].append(len(steps[i]))
         out["trace_error"].append(trace)
+        out["unscorable"].append(bad)
+        out["n_steps"].append(len(s))
+    for q in prm.score_batch([p["question"] for p in problems], steps):            # [(S_i, Q)]
+        out["step_scores"].append(q[:, q_index].tolist())
+        out["b"].append(coherence_score(q[:, q_index], lam_var=lam_var))
     return out
-
-
-def control_bonus(b: torch.Tensor, control: str, rng: torch.Generator | None = None) -> torch.Tensor:
-    """--bonus-control: (P, G) process scores -> the (P, G) scores the advantages use."""
-    if control == "shuffle":
-        return b.gather(-1, torch.rand(b.shape, generator=rng).argsort(-1))   # a permutation per group
-    if control == "constant":
-        return torch.full_like(b, float(b.mean()))
-    return b
 
 
 def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp, rng=None) -> dict:

@@ -613,18 +613,23 @@ def test_sampling_ignores_the_models_generation_config_and_matches_the_trainer(t
     assert m.generation_config.to_dict() == shipped                   # put back as it was
 
 
+def fake_rollouts(monkeypatch, group_size, text):
+    """progrs.generate replaced: rollout j of prompt i is text(i, j); returns args for rollout_step."""
+    def fake_generate(model, tokenizer, prompts, n, *args, **kwargs):
+        texts = [text(i, j) for i in range(len(prompts)) for j in range(n)]
+        return dict(texts=texts, completion_mask=torch.ones(len(texts), 4, dtype=torch.bool),
+                    truncated=torch.zeros(len(texts), dtype=torch.bool))
+    monkeypatch.setattr(progrs, "generate", fake_generate)
+    args = progrs.build_parser().parse_args(["--group-size", str(group_size)])
+    args.q_index, args.max_new_tokens = 0, 8
+    return args
+
+
 def test_rewards_are_paired_with_their_own_problems(monkeypatch):
     """rollout_step judges row r against problem r // G (rows are prompt-major)."""
     problems = [{"question": f"What is {i} + 0?", "gold": str(i)} for i in range(5)]
     G = 3
-
-    def fake_generate(model, tokenizer, prompts, n, *args, **kwargs):
-        texts = [f"{i} + 0 = {i}\nAnswer: {i}" for i, _ in enumerate(prompts) for _ in range(n)]
-        return dict(texts=texts, completion_mask=torch.ones(len(texts), 4, dtype=torch.bool),
-                    truncated=torch.zeros(len(texts), dtype=torch.bool))
-    monkeypatch.setattr(progrs, "generate", fake_generate)
-    args = progrs.build_parser().parse_args(["--group-size", str(G)])
-    args.q_index, args.max_new_tokens = 0, 8
+    args = fake_rollouts(monkeypatch, G, lambda i, j: f"{i} + 0 = {i}\nAnswer: {i}")
     batch = progrs.rollout_step(None, None, problems, args, ToyPRM(), no_amp)
     assert batch["correct"].shape == (5, G) and batch["correct"].all()
     problems[2]["gold"] = "99"                                        # one problem's rollouts all wrong
@@ -782,14 +787,7 @@ def test_the_built_prm_loads_and_tells_careful_steps_from_hasty_ones():
 
 def test_rule_and_learned_prm_are_interchangeable_in_rollout_step(tmp_path, monkeypatch):
     problems = [{"question": f"What is {i} + 1?", "gold": str(i + 1)} for i in range(3)]
-
-    def fake_generate(model, tokenizer, prompts, n, *args, **kwargs):
-        texts = [f"{i} + 1 = {i + j}\nnow\nAnswer: {i + j}" for i, _ in enumerate(prompts) for j in range(n)]
-        return dict(texts=texts, completion_mask=torch.ones(len(texts), 4, dtype=torch.bool),
-                    truncated=torch.zeros(len(texts), dtype=torch.bool))
-    monkeypatch.setattr(progrs, "generate", fake_generate)
-    args = progrs.build_parser().parse_args(["--group-size", "4"])
-    args.q_index, args.max_new_tokens = 0, 8
+    args = fake_rollouts(monkeypatch, 4, lambda i, j: f"{i} + 1 = {i + j}\nnow\nAnswer: {i + j}")
     learned = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"]))
     out = [progrs.rollout_step(None, None, problems, args, prm, no_amp) for prm in (ToyPRM(), learned)]
     assert out[0].keys() == out[1].keys()
