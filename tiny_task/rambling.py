@@ -5,9 +5,10 @@
 The model is tiny_task/model with its EOS turned into a newline (a forward hook on the head gives
 the newline token the probability of both and EOS none), so it can never stop by itself: after its
 answer line it writes on to the token cap, as a base LLM does when it invents the next question.
-The same prompts are sampled twice with the same seed: once with plain `model.generate` (no answer-line stop: every row runs to the cap) and once with
-progrs.generate (each row stops at the end of its answer line). Sampling draws the same random
-numbers for every row at every step in both, so the second completions are prefixes of the first.
+The same prompts are sampled twice with the same seed: once with plain `model.generate` (no
+answer-line stop: every row runs to the cap) and once with progrs.generate (each row stops at the
+end of its answer line). Sampling draws the same random numbers for every row at every step in
+both, so the second completions are prefixes of the first.
 """
 import math
 import sys
