@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, help="train prompts: a JSONL file or `gsm8k`")
     g.add_argument("--eval-data", default=None, help="eval problems: a JSONL file or `gsm8k`")
     g.add_argument("--eval-size", type=int, default=None, help="eval problems (0: all)")
-    g.add_argument("--eval-every", type=int, default=None, help="steps between greedy evals")
+    g.add_argument("--eval-every", type=int, default=None, help="steps between evals")
+    g.add_argument("--eval-samples", type=int, default=0,
+                   help="K > 0: also sampled pass@1, K samples per eval problem")
     g.add_argument("--eval-batch", type=int, default=None, help="prompts per greedy eval batch")
     g = p.add_argument_group("rollouts")
     g.add_argument("--steps", type=int, default=None, help="policy updates")
@@ -1068,18 +1070,36 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp, rng=Non
 
 @torch.no_grad()
 def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
-    """Greedy pass@1, plus the trace-error rate and steps per answer of the greedy completions."""
-    texts = []
-    for i in range(0, len(problems), args.eval_batch):
-        chunk = problems[i:i + args.eval_batch]
-        prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in chunk]
-        texts += generate(model, tokenizer, prompts, 1, args.max_new_tokens, 0.0, amp,
-                          args.chat)["texts"]
+    """Greedy pass@1 with the trace-error rate, steps per answer and mean process score of the
+    greedy completions; with --eval-samples K > 0, also sampled pass@1: the mean over K samples per
+    problem at the training temperature, which is what the policy does, and what RL optimises."""
+    def complete(n, temperature):  # the problems' completions, n per problem, problem-major
+        texts, chunk = [], max(1, args.eval_batch // n)
+        for i in range(0, len(problems), chunk):
+            prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems[i:i + chunk]]
+            texts += generate(model, tokenizer, prompts, n, args.max_new_tokens, temperature, amp,
+                              args.chat)["texts"]
+        return texts
+
+    texts = complete(1, 0.0)
     s = score_completions(problems, texts, prm, args.q_index, args.lam_var)
     n_right = sum(s["correct"])
-    return dict(eval_accuracy=n_right / len(problems),
-                eval_trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
-                eval_steps_per_answer=float(np.mean(s["n_steps"])), texts=texts)
+    out = dict(eval_accuracy=n_right / len(problems),
+               eval_trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
+               eval_steps_per_answer=float(np.mean(s["n_steps"])),
+               eval_process_score=float(np.mean(s["b"])), texts=texts)
+    if args.eval_samples > 0:
+        # Its own seeded random stream, restored afterwards: every evaluation of a run draws the
+        # same random numbers, and how often a run evaluates does not change its training.
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(args.seed)
+            sampled = complete(args.eval_samples, args.temperature)
+        k = args.eval_samples
+        s = score_completions([p for p in problems for _ in range(k)], sampled, prm, args.q_index,
+                              args.lam_var)
+        out.update(eval_sampled_accuracy=float(np.mean(s["correct"])),
+                   eval_sampled_process_score=float(np.mean(s["b"])), sampled_texts=sampled)
+    return out
 
 
 def step_metrics(batch: dict, args) -> dict:
@@ -1168,11 +1188,13 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
     def run_eval(step, metrics_file):
         t0 = time.perf_counter()
         ev = evaluate(model, tokenizer, eval_set, args, prm, amp)
-        rec = {k: v for k, v in ev.items() if k != "texts"}
+        rec = {k: v for k, v in ev.items() if not k.endswith("texts")}
         rec.update(step=step, t_eval=time.perf_counter() - t0)
         metrics_file.write(json.dumps(rec) + "\n")
         metrics_file.flush()
-        log(f"step {step}: greedy pass@1 {ev['eval_accuracy']:.1%} on {len(eval_set)} problems, "
+        sampled = (f", sampled pass@1 {ev['eval_sampled_accuracy']:.1%} ({args.eval_samples} per problem)"
+                   if args.eval_samples else "")
+        log(f"step {step}: greedy pass@1 {ev['eval_accuracy']:.1%} on {len(eval_set)} problems{sampled}, "
             f"trace errors {ev['eval_trace_error_rate']:.1%} of right answers, "
             f"{ev['eval_steps_per_answer']:.2f} steps/answer")
         return ev
@@ -1206,9 +1228,11 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
             if step % args.save_every == 0 or step == args.steps:
                 save_checkpoint(model, tokenizer, out_dir, step)
         bar.close()
-    log(f"greedy pass@1: {before['eval_accuracy']:.1%} -> {last['eval_accuracy']:.1%} "
-        f"({100 * (last['eval_accuracy'] - before['eval_accuracy']):+.1f} points) on "
-        f"{len(eval_set)} problems after {args.steps} steps (mode {args.mode}, lam {args.lam})")
+    for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):
+        if key in last:
+            log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} "
+                f"({100 * (last[key] - before[key]):+.1f} points) on {len(eval_set)} problems after "
+                f"{args.steps} steps (mode {args.mode}, lam {args.lam})")
     return dict(before=before, after=last)
 
 
@@ -1234,6 +1258,7 @@ def check_args(args) -> None:
               ("--kl-coef", args.kl_coef >= 0, "non-negative"),
               ("--max-grad-norm", args.max_grad_norm > 0, "positive"),
               ("--eval-size", not given("eval_size") or args.eval_size >= 0, "0 (all) or more"),
+              ("--eval-samples", args.eval_samples >= 0, "0 (greedy only) or more"),
               ("--lr", not given("lr") or args.lr > 0, "positive"),
               ("--out", not Path(args.out).exists() or Path(args.out).is_dir(),
                "a folder (it is an existing file)")]

@@ -4,8 +4,10 @@ import doctest
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import types
 from decimal import Decimal
 from pathlib import Path
 
@@ -637,6 +639,45 @@ def test_rewards_are_paired_with_their_own_problems(monkeypatch):
     assert batch["correct"].sum(1).tolist() == [G, G, 0, G, G]
 
 
+def test_sampled_pass_at_1_is_the_mean_over_k_samples_of_each_problem(monkeypatch):
+    """K samples per problem at the training temperature, each judged against its own problem, in
+    chunks of at most --eval-batch rows; greedy pass@1 beside it."""
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, n, max_new_tokens, temperature, *rest):
+        calls.append((len(prompts), n, temperature))
+        ids = [int(re.search(r"What is (\d+) \+ 0", p).group(1)) for p in prompts]
+        if temperature == 0:                                          # greedy: even problems right
+            return dict(texts=[f"Answer: {i if i % 2 == 0 else 999}" for i in ids])
+        return dict(texts=[f"Answer: {i if j < i % 4 else 999}" for i in ids for j in range(n)])
+    monkeypatch.setattr(progrs, "generate", fake_generate)
+    args = progrs.build_parser().parse_args(["--eval-samples", "4", "--temperature", "0.7",
+                                             "--eval-batch", "8"])
+    args.q_index, args.max_new_tokens = 0, 8
+    problems = [{"question": f"What is {i} + 0?", "gold": str(i)} for i in range(6)]
+    ev = progrs.evaluate(types.SimpleNamespace(device=torch.device("cpu")), None, problems, args,
+                         ToyPRM(), no_amp)
+    assert ev["eval_accuracy"] == 3 / 6
+    assert ev["eval_sampled_accuracy"] == (0 + 1 + 2 + 3 + 0 + 1) / 24
+    assert calls == [(6, 1, 0.0)] + [(2, 4, 0.7)] * 3
+
+
+def test_sampled_evaluation_is_seeded_and_leaves_the_training_random_stream_alone(tiny):
+    model, tok = tiny
+    args = progrs.build_parser().parse_args(["--eval-samples", "2", "--eval-batch", "16",
+                                             "--max-new-tokens", "24"])
+    args.q_index = 0
+    problems = load_problems(HERE / "tiny_task" / "test.jsonl")[:8]
+    evals = []
+    for global_seed in (123, 456):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        evals.append(progrs.evaluate(model, tok, problems, args, ToyPRM(), no_amp))
+        assert torch.equal(torch.get_rng_state(), state)              # the training stream is untouched
+    assert evals[0]["sampled_texts"] == evals[1]["sampled_texts"]     # seeded by --seed alone
+    assert len(set(evals[0]["sampled_texts"])) > 8                    # and sampled, not greedy
+
+
 def test_gradient_equals_the_supervised_gradient_when_every_advantage_is_one(tiny):
     """With A = 1 for every rollout the update is supervised training on the batch's own tokens:
     the gradient of the mean token NLL over the whole batch (divided by tokens, not sequences)."""
@@ -819,26 +860,31 @@ def run_cli(*flags, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def short_run(out):
+def short_run(out, *flags):
     return run_cli("--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--eval-size",
-                   "16", "--eval-every", "1", "--max-new-tokens", "40", "--out", str(out))
+                   "16", "--eval-every", "1", "--max-new-tokens", "40", "--out", str(out), *flags)
 
 
 def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     runs = []
-    for name in ("a", "b"):
-        proc = short_run(tmp_path / name)
+    # the same seed twice, the second evaluating half as often and sampling in its evaluations
+    for name, flags in (("a", ()), ("b", ("--eval-every", "2", "--eval-samples", "2"))):
+        proc = short_run(tmp_path / name, *flags)
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        runs.append([{k: v for k, v in r.items() if not k.startswith("t_")} for r in lines])
-    assert runs[0] == runs[1]                                         # same seed: same numbers
+        runs.append([{k: v for k, v in r.items() if not k.startswith(("t_", "eval_sampled"))}
+                     for r in lines])
+    assert sum("eval_accuracy" in r for r in runs[0]) == 3            # start, step 1, step 2
+    assert sum("eval_sampled_accuracy" in json.loads(x) for x in
+               (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+    once = [r for r in runs[0] if not ("eval_accuracy" in r and r["step"] == 1)]
+    assert once == runs[1]                # same seed: same numbers, however often it evaluates
     steps = [r for r in runs[0] if "train_accuracy" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for key in ("dominance_violations", "trace_error_rate", "steps_per_answer", "process_score",
                 "completion_tokens", "truncated", "bonus_incorrect_abs", "unscorable"):
         assert key in steps[0]
-    assert sum("eval_accuracy" in r for r in runs[0]) == 3            # start, step 1, step 2
     assert "step scores" in proc.stdout                               # the teaching table
     assert proc.stdout.strip().splitlines()[-1].startswith("greedy pass@1: ")  # the last line
     assert json.loads((tmp_path / "a" / "model" / "progrs_step.json").read_text()) == {"step": 2}

@@ -6,7 +6,8 @@ The model has Qwen2.5-0.5B's exact shape (24 layers, hidden 896, 14 heads, 2 KV 
 151,936, tied embeddings; 494M parameters) and random weights, and uses the tiny task's tokenizer, so
 its completions are noise that almost never emits EOS: every rollout runs to --max-new-tokens. The
 numbers are therefore the worst case for that length. It runs progrs.main() as a user would, with
-the 0.5B-sized defaults except the step count, and prints seconds per phase and peak GPU memory.
+the 0.5B-sized defaults except the step count, and prints seconds per phase, peak GPU memory of the
+whole run and of the update alone.
 """
 import argparse
 import json
@@ -48,6 +49,18 @@ def main():
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
 
+    # peak memory of the update alone (the generate phase's KV cache is gone by then)
+    update_peaks, run_peaks = [], []
+    update_policy = progrs.update_policy
+
+    def measured_update(*args, **kwargs):
+        run_peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        torch.cuda.reset_peak_memory_stats()
+        out = update_policy(*args, **kwargs)
+        update_peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        return out
+    progrs.update_policy = measured_update
+
     t0 = time.perf_counter()
     # the tiny task's files: the GPU machine may have no network for GSM8K, and random weights
     # cannot solve either task, so the prompts only set the prompt length
@@ -64,7 +77,8 @@ def main():
         rollouts_per_step=16 * 8, completion_tokens=steps[-1]["completion_tokens"],
         **{k: round(v, 2) for k, v in mean.items()},
         t_eval_64=[round(r["t_eval"], 2) for r in rows if "t_eval" in r],
-        peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))))
+        peak_update_gib=round(max(update_peaks), 1),
+        peak_gpu_gib=round(max(run_peaks + [torch.cuda.max_memory_allocated() / 2**30]), 1))))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,33 @@
-"""Outcome-only GRPO vs the absolute blend vs PROGRS on the tiny task, side by side.
+"""PROGRS against outcome-only GRPO, the absolute blend and three controls, in two regimes.
 
-    python tiny_task/compare.py                 # writes tiny_task/results.md and results.png
+    python tiny_task/compare.py                     # both regimes: tiny_task/results.md + results_*.png
+    python tiny_task/compare.py --regime sparse     # one regime alone: tiny_task/results_sparse.md
 
-Every run is `python progrs.py` itself (no second implementation), from the same tiny_task/model,
-with the same rollout budget (--steps x --prompts-per-step x --group-size) and seeds 0, 1, 2 per mode;
-then a lam sweep for `absolute` and `progrs` on seed 0. Two runs go at a time, one thread each, so
-their numbers depend only on the seed. Runs land in out/compare/; a finished run is not rerun
-(delete out/compare/ after changing the model or progrs.py).
+The hypotheses, the fixed settings and how each verdict is computed stand in the head of
+tiny_task/results.md, written before any run; this script keeps that head and rewrites what follows it.
 
-    python tiny_task/compare.py --ops 4         # the same, on the 4-operation problems only
+Regimes (warm starts built by build_model.py):
+    current   tiny_task/model         the default warm start: careful on half the problems
+    sparse    tiny_task/model_sparse  a stronger hasty habit: few sampled rollouts are right and a
+                                      third of the groups of 8 are all wrong, where A_out = 0
+Arms, each with the rule PRM (--prm toy) and the learned PRM (--prm tiny_task/prm):
+    outcome          plain GRPO (trains the same whatever the PRM, so it runs once, logging the
+                     learned PRM's score)
+    absolute         normalise r + lam * b within the group
+    progrs           outcome-conditioned centering
+    progrs+shuffle   progrs with b permuted within each group: the same offsets, no PRM information
+    progrs+constant  progrs with b replaced by the step's mean b: the offset alone
+    progrs-strict    b centred within each outcome class: the PRM only orders rollouts within a class
 
---ops N keeps only the problems with N operations, in training and in evaluation (the hardest
-slice of the task when N = 4: the longest chains, where the PRM's step-level credit has the most to
-add), skips the lam sweep, and writes tiny_task/results_ops4.md and results_ops4.png.
-results.png needs matplotlib (optional, for this script only); without it the plot is skipped.
+Every run is `python progrs.py` itself, one thread each, --jobs at a time (2 on a 2-core machine), so
+a run's numbers depend only on its flags and seed. Runs land in out/compare/REGIME/; a finished run is
+not rerun (delete out/compare/ after changing a model or progrs.py). Before the runs, the script
+measures each regime's starting point (sampled accuracy, all-wrong groups, what each PRM's score says
+about success). The plots need matplotlib (optional: pip install matplotlib); without it they are skipped.
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -27,153 +38,351 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODES = ("outcome", "absolute", "progrs")
-SWEEP_LAMS = (0.1, 0.5, 1.0, 2.0)
+sys.path.insert(0, str(ROOT))
 
+REGIMES = {"current": HERE / "model", "sparse": HERE / "model_sparse"}
+PRMS = {"rule": ["--prm", "toy"],
+        # tau 0.5: at the default lowest tau (0.1) the learned PRM gives good steps 0.06-0.10 and the
+        # sparse warm start's rollouts a mean b of 0.01, a bonus too small to test anything
+        "learned": ["--prm", str(HERE / "prm"), "--prm-quantile", "0.5"]}
+ARMS = {"outcome": ["--mode", "outcome"],
+        "absolute": ["--mode", "absolute"],
+        "progrs": ["--mode", "progrs"],
+        "progrs+shuffle": ["--mode", "progrs", "--bonus-control", "shuffle"],
+        "progrs+constant": ["--mode", "progrs", "--bonus-control", "constant"],
+        "progrs-strict": ["--mode", "progrs-strict"]}
+P, G = 16, 8                 # prompts per step, rollouts per prompt
+B_BINS = (0.0, 0.05, 0.3, 0.6, 1.01)
+HEAD_END = "<!-- compare.py writes everything below this line; the head above was written before the runs -->"
+
+
+# ---- the runs ---------------------------------------------------------------------------------------
 
 def run(out: Path, flags: list[str]) -> dict:
-    """One progrs.py run (skipped if its metrics are complete); returns its records and wall time."""
+    """One progrs.py run (skipped if it finished before); returns its metric lines and wall time."""
     done = out / "done.json"
     if not done.exists():
+        out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        proc = subprocess.run([sys.executable, str(ROOT / "progrs.py"), "--out", str(out), *flags],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
+        with open(out / "log.txt", "w") as log:
+            proc = subprocess.run([sys.executable, str(ROOT / "progrs.py"), "--out", str(out), *flags],
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
-            sys.exit(f"compare.py: run {out} failed: {proc.stderr.strip().splitlines()[-1]}")
+            last = (out / "log.txt").read_text().strip().splitlines()[-1:]
+            sys.exit(f"compare.py: run {out} failed: {' '.join(last)}")
         done.write_text(json.dumps({"wall_s": time.perf_counter() - t0}))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return dict(rows=rows, wall_s=json.loads(done.read_text())["wall_s"])
 
 
-def summarize(r: dict, rollouts_per_step: int, target: float | None) -> dict:
-    evals = [x for x in r["rows"] if "eval_accuracy" in x]
-    steps = [x for x in r["rows"] if "train_accuracy" in x]
-    reached = next((e["step"] * rollouts_per_step for e in evals[1:]  # after training began
-                    if target is not None and e["eval_accuracy"] >= target), None)
-    return dict(acc_start=evals[0]["eval_accuracy"], acc_end=evals[-1]["eval_accuracy"],
-                trace_err=evals[-1]["eval_trace_error_rate"],
-                steps_per_answer=evals[-1]["eval_steps_per_answer"],
-                violations=statistics.mean(s["dominance_violations"] for s in steps),
-                all_wrong=statistics.mean(s["groups_all_wrong"] for s in steps),
-                process=statistics.mean(s["process_score"] for s in steps),
-                rollouts_to_target=reached, wall_s=r["wall_s"])
+def arm_runs(a) -> dict:
+    """{(arm, prm, seed): flags}; outcome once per seed (its training ignores b)."""
+    base = ["--steps", str(a.steps), "--prompts-per-step", str(P), "--group-size", str(G),
+            "--eval-every", str(a.eval_every), "--eval-size", str(a.eval_size),
+            "--eval-samples", str(a.eval_samples), "--lam", str(a.lam)]
+    jobs = {}
+    for prm, prm_flags in PRMS.items():
+        for arm, arm_flags in ARMS.items():
+            if arm == "outcome" and prm == "rule":
+                continue
+            for s in range(a.seeds):
+                jobs[(arm, prm, s)] = [*base, *arm_flags, *prm_flags, "--seed", str(s)]
+    return jobs
 
 
-def subset(path: Path, n_ops: int, out: Path) -> Path:
-    """The records of a tiny_task JSONL file whose question has n_ops operations, as a new file."""
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [x for x in path.read_text().splitlines()
-             if sum(json.loads(x)["question"].count(op) for op in "+-") == n_ops]
-    if not lines:
-        sys.exit(f"compare.py: --ops {n_ops}: no problem in {path} has {n_ops} operations")
-    (out / path.name).write_text("\n".join(lines) + "\n")
-    return out / path.name
+def result(res: dict, arm: str, prm: str, seed: int) -> dict:
+    return res[("outcome", "learned", seed) if arm == "outcome" else (arm, prm, seed)]
 
 
-def pm(xs, fmt="{:.1f}", scale=1.0):
-    xs = [x * scale for x in xs if x is not None]
-    if not xs:
-        return "not reached"
+def curve(r: dict, key: str) -> list[tuple[int, float]]:
+    return [(e["step"], e[key]) for e in r["rows"] if "eval_accuracy" in e]
+
+
+def mean_curve(runs: list[dict], key: str) -> list[tuple[int, float]]:
+    cs = [curve(r, key) for r in runs]
+    return [(pts[0][0], statistics.mean(y for _, y in pts)) for pts in zip(*cs)]
+
+
+def rollouts_to(points: list[tuple[int, float]], target: float) -> float | None:
+    """First crossing of target by a curve of (step, value), linear between evaluations, in rollouts."""
+    for (s0, y0), (s1, y1) in zip(points, points[1:]):
+        if y1 >= target:
+            frac = 1.0 if y0 >= target else (target - y0) / (y1 - y0)
+            return (s0 + frac * (s1 - s0)) * P * G
+    return None
+
+
+def paired(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences x - y."""
+    d = [x - y for x, y in zip(xs, ys)]
+    return statistics.mean(d), (statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf)
+
+
+def beyond(m: float, se: float) -> bool:
+    """More than 2 standard errors from zero: the pre-set bar for 'not noise' (loose at 3 seeds)."""
+    return abs(m) > 2 * se
+
+
+def pm(xs, fmt="{:.1f}", scale=1.0) -> str:
+    xs = [x * scale for x in xs]
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(sd)}"
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--eval-every", type=int, default=2,
-                   help="greedy evals of the mode runs (the lam sweep evaluates every 20 steps)")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--ops", type=int, default=0, help="only problems with this many operations")
-    a = p.parse_args()
-    P, G = 16, 8
-    base = ["--steps", str(a.steps), "--prompts-per-step", str(P), "--group-size", str(G)]
-    out, suffix, sweep = ROOT / "out" / "compare", "", SWEEP_LAMS
-    if a.ops:
-        out, suffix, sweep = ROOT / "out" / f"compare_ops{a.ops}", f"_ops{a.ops}", ()
-        base += ["--data", str(subset(HERE / "train.jsonl", a.ops, out)),
-                 "--eval-data", str(subset(HERE / "test.jsonl", a.ops, out))]
-    # Greedy evaluation does not touch the random state, so how often a run evaluates does not
-    # change its training: the sweep's lam = 1 runs are the mode runs of seed 0.
-    jobs = {(m, lam, 0): [*base, "--eval-every", "20", "--mode", m, "--lam", str(lam), "--seed", "0"]
-            for m in ("absolute", "progrs") for lam in sweep}
-    jobs.update({(m, 1.0, s): [*base, "--eval-every", str(a.eval_every), "--mode", m, "--seed", str(s)]
-                 for m in MODES for s in range(a.seeds)})
-    with ThreadPoolExecutor(a.jobs) as pool:
-        futures = {k: pool.submit(run, out / f"{k[0]}-lam{k[1]}-seed{k[2]}", v) for k, v in jobs.items()}
-        res = {k: f.result() for k, f in futures.items()}
+# ---- each regime's starting point -------------------------------------------------------------------
 
-    per_step = P * G
-    target = {s: summarize(res[("outcome", 1.0, s)], per_step, None)["acc_end"]
-              for s in range(a.seeds)}
-    where = f" ({a.ops}-operation problems only)" if a.ops else ""
-    command = "python tiny_task/compare.py" + (f" --ops {a.ops}" if a.ops else "")
-    lines = [f"# Outcome-only vs absolute blend vs PROGRS on tiny_task{where}",
-             "",
-             f"{a.steps} steps x {P} prompts x {G} rollouts = {a.steps * per_step} rollouts per run, "
-             f"lam = 1.0, seeds 0..{a.seeds - 1}, mean ± std over seeds, defaults of progrs.py "
-             f"otherwise. Produced by `{command}`: {len(res)} runs, "
-             f"{sum(r['wall_s'] for r in res.values()) / 60:.1f} minutes of run time, "
-             f"{a.jobs} at a time.",
-             "",
-             "| mode | greedy acc start (%) | greedy acc end (%) | rollouts to outcome-only's final acc | "
-             "trace errors, test (% of right) | all-wrong groups / step | dominance violations / step | "
-             "process score | steps / answer | wall (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for m in MODES:
-        ss = [summarize(res[(m, 1.0, s)], per_step, target[s]) for s in range(a.seeds)]
-        col = lambda k: [x[k] for x in ss]  # noqa: E731
-        reached = col("rollouts_to_target")
-        lines.append(f"| {m} | {pm(col('acc_start'), scale=100)} | {pm(col('acc_end'), scale=100)} | "
-                     f"{pm(reached, '{:.0f}')} ({sum(r is not None for r in reached)}/{a.seeds} reached) | "
-                     f"{pm(col('trace_err'), scale=100)} | {pm(col('all_wrong'), '{:.2f}')} | "
-                     f"{pm(col('violations'), '{:.2f}')} | "
-                     f"{pm(col('process'), '{:.3f}')} | {pm(col('steps_per_answer'), '{:.2f}')} | "
-                     f"{pm(col('wall_s'), '{:.0f}')} |")
-    if sweep:
-        lines += ["", "## lam sweep (seed 0)", "",
-                  "| mode | lam | greedy acc end (%) | trace errors (% of right) | violations / step | "
-                  "process score | steps / answer |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for m in ("absolute", "progrs"):
-        for lam in sweep:
-            x = summarize(res[(m, lam, 0)], per_step, None)
-            lines.append(f"| {m} | {lam} | {100 * x['acc_end']:.1f} | {100 * x['trace_err']:.1f} | "
-                         f"{x['violations']:.2f} | {x['process']:.3f} | {x['steps_per_answer']:.2f} |")
-    (HERE / f"results{suffix}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(res, a.seeds, per_step, HERE / f"results{suffix}.png")
+def regime_stats(model_dir: Path, problems: list[dict], seed: int = 0) -> dict:
+    """G samples per problem from the warm start, judged, and scored by each PRM."""
+    import torch
+    import progrs
+
+    torch.manual_seed(seed)
+    device, amp = torch.device("cpu"), progrs.contextlib.nullcontext
+    model, tokenizer = progrs.load_model(str(model_dir), device)
+    texts = []
+    for i in range(0, len(problems), 32):
+        prompts = [progrs.build_prompt(p["question"]) for p in problems[i:i + 32]]
+        texts += progrs.generate(model, tokenizer, prompts, G, 64, 1.0, amp)["texts"]
+    per_rollout = [p for p in problems for _ in range(G)]
+    out = {}
+    for name, prm, q in (("rule", progrs.ToyPRM(), 0.1),
+                         ("learned", progrs.ModelPRM(str(HERE / "prm"), device, amp), 0.5)):
+        s = progrs.score_completions(per_rollout, texts, prm, prm.taus.index(q), 1.0)
+        out[name] = s["b"]
+    correct = [bool(c) for c in s["correct"]]
+    groups = [correct[i:i + G] for i in range(0, len(correct), G)]
+    st = dict(n=len(correct), right=statistics.mean(correct),
+              all_wrong=statistics.mean(not any(g) for g in groups),
+              all_right=statistics.mean(all(g) for g in groups), prm={})
+    for name, b in out.items():
+        bins = []
+        for lo, hi in zip(B_BINS, B_BINS[1:]):
+            idx = [i for i, x in enumerate(b) if lo <= x < hi]
+            bins.append((len(idx), statistics.mean(correct[i] for i in idx) if idx else None))
+        # within mixed groups: P(b of a right rollout > b of a wrong one in the same group), ties 1/2
+        wins = pairs = 0.0
+        spread = []
+        for g in range(len(groups)):
+            bg, cg = b[g * G:(g + 1) * G], groups[g]
+            right = [x for x, c in zip(bg, cg) if c]
+            wrong = [x for x, c in zip(bg, cg) if not c]
+            for x in right:
+                for y in wrong:
+                    wins += 1.0 if x > y else 0.5 if x == y else 0.0
+                    pairs += 1
+            if not right:
+                spread.append(statistics.pstdev(wrong))
+        st["prm"][name] = dict(bins=bins, auc=wins / pairs if pairs else None,
+                               spread_all_wrong=statistics.mean(spread) if spread else None,
+                               b_right=statistics.mean([x for x, c in zip(b, correct) if c] or [math.nan]),
+                               b_wrong=statistics.mean([x for x, c in zip(b, correct) if not c] or [math.nan]))
+    return st
 
 
-def plot(res, seeds, per_step, path):
+def regime_table(stats: dict) -> list[str]:
+    lines = ["| regime | sampled right | groups all wrong | groups all right | PRM | mean b right / wrong | "
+             "P(b right > b wrong), same group | within-group std of b, all-wrong groups | "
+             + " | ".join(f"right when b in [{lo:g}, {min(hi, 1):g}{')' if hi < 1 else ']'}"
+                          for lo, hi in zip(B_BINS, B_BINS[1:])) + " |",
+             "|" + " --- |" * (8 + len(B_BINS) - 1)]
+    for regime, st in stats.items():
+        for name, p in st["prm"].items():
+            bins = " | ".join(f"{100 * r:.1f}% of {n}" if r is not None else f"- of {n}" for n, r in p["bins"])
+            lines.append(f"| {regime} | {100 * st['right']:.1f}% | {100 * st['all_wrong']:.1f}% | "
+                         f"{100 * st['all_right']:.1f}% | {name} | {p['b_right']:.3f} / {p['b_wrong']:.3f} | "
+                         f"{p['auc']:.2f} | {p['spread_all_wrong']:.3f} | {bins} |")
+    return lines
+
+
+# ---- tables and verdicts ----------------------------------------------------------------------------
+
+def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
+    seeds, budget = range(a.seeds), a.steps * P * G
+    lines = [f"## Regime `{regime}` ({REGIMES[regime].relative_to(ROOT)})", ""]
+    out = {}
+    outcome = [result(res, "outcome", "learned", s) for s in seeds]
+    target = mean_curve(outcome, "eval_sampled_accuracy")[-1][1]
+    lines += [f"Sampled pass@1 is the mean over {a.eval_samples} samples per problem at T = 1 on the "
+              f"first {a.eval_size} test problems; greedy pass@1 on the same problems. Mean ± std over "
+              f"{a.seeds} seeds. 'Gain' is the paired (same seed) difference from outcome-only in "
+              f"sampled pass@1, averaged over the evaluations after step 0, mean ± standard error. "
+              f"Outcome-only's final sampled pass@1 (mean over seeds): {100 * target:.1f}%.", "",
+              "| PRM | arm | sampled pass@1 start | sampled pass@1 end | greedy end | gain over outcome "
+              "(points) | rollouts to outcome's final | PRM score of eval samples, end | all-wrong "
+              "groups / step | dominance violations / step | wall (s) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for prm in PRMS:
+        for arm in ARMS:
+            runs = [result(res, arm, prm, s) for s in seeds]
+            samp = [curve(r, "eval_sampled_accuracy") for r in runs]
+            gains = [statistics.mean(y for _, y in c[1:]) for c in samp]
+            base = [statistics.mean(y for _, y in curve(o, "eval_sampled_accuracy")[1:]) for o in outcome]
+            gain = paired(gains, base)
+            reach = rollouts_to(mean_curve(runs, "eval_sampled_accuracy"), target)
+            ends = [c[-1][1] for c in samp]
+            ps = [curve(r, "eval_sampled_process_score")[-1][1] for r in runs]
+            train = [[x for x in r["rows"] if "train_accuracy" in x] for r in runs]
+            out[(arm, prm)] = dict(gain=gain, reach=reach, end=ends, ps_end=ps)
+            g = "—" if arm == "outcome" else f"{100 * gain[0]:+.1f} ± {100 * gain[1]:.1f}"
+            lines.append(
+                f"| {prm if arm != 'outcome' else 'any'} | {arm} | "
+                f"{pm([c[0][1] for c in samp], scale=100)} | {pm(ends, scale=100)} | "
+                f"{pm([curve(r, 'eval_accuracy')[-1][1] for r in runs], scale=100)} | {g} | "
+                f"{'not reached' if reach is None else f'{reach:.0f} ({reach / budget:.0%})'} | "
+                f"{pm(ps, '{:.3f}') if arm != 'outcome' or prm == 'learned' else '—'} | "
+                f"{pm([statistics.mean(x['groups_all_wrong'] for x in t) for t in train], '{:.2f}')} | "
+                f"{pm([statistics.mean(x['dominance_violations'] for x in t) for t in train], '{:.2f}')} | "
+                f"{pm([r['wall_s'] for r in runs], '{:.0f}')} |")
+    lines += ["", "(The outcome row's PRM score is the learned PRM's; outcome-only trains the same under "
+              "either PRM and runs once per seed.)", ""]
+    return lines + verdicts(regime, res, out, target, budget, a), out
+
+
+def verdicts(regime, res, out, target, budget, a) -> list[str]:
+    seeds = range(a.seeds)
+    lines = [f"### Hypotheses, regime `{regime}`", ""]
+
+    def gain_txt(arm, prm):
+        m, se = out[(arm, prm)]["gain"]
+        return f"{100 * m:+.1f} ± {100 * se:.1f} points"
+
+    if regime == "sparse":
+        for prm in PRMS:
+            reach = out[("progrs", prm)]["reach"]
+            ok = reach is not None and reach <= 0.75 * budget
+            lines.append(f"- **H1 ({prm} PRM{', primary' if prm == 'rule' else ', secondary'}): "
+                         f"{'supported' if ok else 'not supported'}.** progrs "
+                         + (f"never reached outcome-only's final sampled pass@1 ({100 * target:.1f}%) "
+                            f"within {budget} rollouts" if reach is None else
+                            f"reached outcome-only's final sampled pass@1 ({100 * target:.1f}%) after "
+                            f"{reach:.0f} of {budget} rollouts ({reach / budget:.0%})")
+                         + f"; the bar is 75%. Gain over outcome: {gain_txt('progrs', prm)}.")
+        for prm in PRMS:
+            g, s = out[("progrs", prm)]["gain"], out[("progrs+shuffle", prm)]["gain"]
+            if not beyond(*g):
+                v = "not testable: progrs shows no gain beyond noise to explain"
+            elif not beyond(*s):
+                v = "supported: the gain vanishes into noise with b shuffled"
+            else:
+                v = "not supported: the shuffled control keeps a gain beyond noise"
+            lines.append(f"- **H2 ({prm} PRM): {v}.** Gain over outcome: progrs {gain_txt('progrs', prm)}, "
+                         f"progrs+shuffle {gain_txt('progrs+shuffle', prm)}, progrs+constant "
+                         f"{gain_txt('progrs+constant', prm)}, progrs-strict {gain_txt('progrs-strict', prm)}.")
+    ps_out = out[("outcome", "learned")]["ps_end"]
+    acc_out = out[("outcome", "learned")]["end"]
+    both = {}
+    for arm in ("absolute", "progrs"):
+        dps = paired(out[(arm, "learned")]["ps_end"], ps_out)
+        dacc = paired(out[(arm, "learned")]["end"], acc_out)
+        both[arm] = (dps[0] > 0 and beyond(*dps)) and (dacc[0] < 0 and beyond(*dacc))
+        both[arm + "_txt"] = (f"{arm}: PRM score {dps[0]:+.3f} ± {dps[1]:.3f}, sampled pass@1 "
+                              f"{100 * dacc[0]:+.1f} ± {100 * dacc[1]:.1f} points")
+    ok = both["absolute"] and not both["progrs"]
+    lines.append(f"- **H3 (learned PRM, lam {a.lam}): {'supported' if ok else 'not supported'}.** At the "
+                 f"end, paired differences from outcome-only: {both['absolute_txt']}; {both['progrs_txt']}. "
+                 f"Exploitation needs both a higher PRM score and a lower pass@1, each beyond 2 standard "
+                 f"errors: absolute {'shows it' if both['absolute'] else 'does not'}, progrs "
+                 f"{'shows it' if both['progrs'] else 'does not'}.")
+    return lines + [""]
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+
+def plot(regime: str, res: dict, a, path: Path):
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"compare.py: matplotlib is not installed; skipping {path.name} "
-              "(pip install matplotlib)")
+        print(f"compare.py: matplotlib is not installed; skipping {path.name} (pip install matplotlib)")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for m in MODES:
-        curves = [[e for e in res[(m, 1.0, s)]["rows"] if "eval_accuracy" in e] for s in range(seeds)]
-        x = [e["step"] * per_step for e in curves[0]]
-        for ax, key in zip(axes, ("eval_accuracy", "eval_trace_error_rate")):
-            ys = [[100 * e[key] for e in c] for c in curves]
+    seeds = range(a.seeds)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, prm in zip(axes, PRMS):
+        for arm in ARMS:
+            runs = [result(res, arm, prm, s) for s in seeds]
+            cs = [curve(r, "eval_sampled_accuracy") for r in runs]
+            x = [s * P * G for s, _ in cs[0]]
+            ys = [[100 * y for _, y in c] for c in cs]
             mean = [statistics.mean(v) for v in zip(*ys)]
             sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in zip(*ys)]
-            ax.plot(x, mean, label=m)
+            ax.plot(x, mean, label=arm, ls="--" if "+" in arm or "strict" in arm else "-")
             ax.fill_between(x, [u - d for u, d in zip(mean, sd)], [u + d for u, d in zip(mean, sd)],
-                            alpha=0.2)
-    axes[0].set_ylabel("greedy test accuracy (%)")
-    axes[1].set_ylabel("trace errors (% of right answers)")
-    for ax in axes:
-        ax.set_xlabel("rollouts")
-        ax.legend()
+                            alpha=0.12)
+        ax.set(xlabel="rollouts", ylabel="sampled pass@1 (%)", title=f"{regime}: {prm} PRM")
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for arm in ("outcome", "absolute", "progrs"):
+        runs = [result(res, arm, "learned", s) for s in seeds]
+        acc = mean_curve(runs, "eval_sampled_accuracy")
+        ps = mean_curve(runs, "eval_sampled_process_score")
+        ax.plot([y for _, y in ps], [100 * y for _, y in acc], marker="o", label=arm)
+        ax.annotate(f"step {acc[-1][0]}", (ps[-1][1], 100 * acc[-1][1]), fontsize=7)
+    ax.set(xlabel="learned PRM score of the eval samples (b)", ylabel="sampled pass@1 (%)",
+           title=f"{regime}: H3, PRM score against pass@1")
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"wrote {path}")
+
+
+# ---- main -------------------------------------------------------------------------------------------
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--regime", default="both", choices=["both", *REGIMES])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--eval-every", type=int, default=3)
+    p.add_argument("--eval-size", type=int, default=200)
+    p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "out" / "compare"), help="where the runs go")
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    import progrs
+    import torch
+
+    regimes = list(REGIMES) if a.regime == "both" else [a.regime]
+    problems = progrs.load_problems(HERE / "test.jsonl")[:a.eval_size]
+    torch.set_num_threads(a.jobs)
+    stats = {r: regime_stats(REGIMES[r], problems) for r in regimes}
+    t_stats = time.perf_counter() - t0
+    torch.set_num_threads(1)
+
+    jobs = {(r, *k): v for r in regimes for k, v in arm_runs(a).items()}
+    jobs = {k: ["--model", str(REGIMES[k[0]]), *v] for k, v in jobs.items()}
+    order = sorted(jobs, key=lambda k: k[2] != "learned")  # the slower learned-PRM runs first
+    with ThreadPoolExecutor(a.jobs) as pool:
+        futures = {k: pool.submit(run, Path(a.out) / k[0] / f"{k[1]}-{k[2]}-seed{k[3]}",
+                                  jobs[k]) for k in order}
+        res = {k: f.result() for k, f in futures.items()}
+    wall = time.perf_counter() - t0
+
+    command = "python tiny_task/compare.py" + ("" if a.regime == "both" else f" --regime {a.regime}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    body = [HEAD_END, "", "# Results", "",
+            f"Produced by `{command}` at commit {commit}: {len(res)} runs of {a.steps} steps x {P} "
+            f"prompts x {G} rollouts, {a.jobs} at a time, {wall / 60:.1f} minutes in all "
+            f"({t_stats:.0f} s of it measuring the starting points). Per-run metrics: out/compare/.", "",
+            "## Starting points", "",
+            f"{len(problems)} test problems x {G} samples at T = 1 from each warm start, before any "
+            "training. The rule PRM is read at tau 0.1, the learned one at tau 0.5, as in the runs.", "",
+            *regime_table(stats), ""]
+    for r in regimes:
+        sub = {k[1:]: v for k, v in res.items() if k[0] == r}
+        lines, _ = regime_report(r, sub, a)
+        body += lines + [f"![{r}](results_{r}.png)", ""]
+        plot(r, sub, a, HERE / f"results_{r}.png")
+    path = HERE / ("results.md" if a.regime == "both" else f"results_{a.regime}.md")
+    head = (HERE / "results.md").read_text().split(HEAD_END)[0] if (HERE / "results.md").exists() else ""
+    path.write_text(head + "\n".join(body) + "\n")
+    print("\n".join(body[2:]))
+    print(f"wrote {path.relative_to(ROOT)} in {wall / 60:.1f} minutes")
 
 
 if __name__ == "__main__":
