@@ -135,8 +135,10 @@ def pm(xs, fmt="{:.1f}", scale=1.0) -> str:
 def regime_stats(model_dir: Path, problems: list[dict], seed: int = 0) -> dict:
     """G samples per problem from the warm start, judged, and scored by each PRM."""
     import torch
+    from transformers.utils import logging as hf_logging
     import progrs
 
+    hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     device, amp = torch.device("cpu"), progrs.contextlib.nullcontext
     model, tokenizer = progrs.load_model(str(model_dir), device)
