@@ -82,12 +82,12 @@ def arm_runs(a) -> dict:
             "--eval-every", str(a.eval_every), "--eval-size", str(a.eval_size),
             "--eval-samples", str(a.eval_samples), "--lam", str(a.lam)]
     jobs = {}
-    for prm, prm_flags in PRMS.items():
-        for arm, arm_flags in ARMS.items():
-            if arm == "outcome" and prm == "rule":
-                continue
-            for s in range(a.seeds):
-                jobs[(arm, prm, s)] = [*base, *arm_flags, *prm_flags, "--seed", str(s)]
+    for s in range(a.seeds):
+        jobs[("outcome", "learned", s)] = [*base, *ARMS["outcome"], *PRMS["learned"], "--seed", str(s)]
+        for prm in a.prms:
+            for arm in a.arms:
+                if arm != "outcome":
+                    jobs[(arm, prm, s)] = [*base, *ARMS[arm], *PRMS[prm], "--seed", str(s)]
     return jobs
 
 
@@ -214,8 +214,8 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
               "(points) | rollouts to outcome's final | PRM score of eval samples, end | all-wrong "
               "groups / step | dominance violations / step | wall (s) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for prm in PRMS:
-        for arm in ARMS:
+    for prm in a.prms:
+        for arm in a.arms:
             runs = [result(res, arm, prm, s) for s in seeds]
             samp = [curve(r, "eval_sampled_accuracy") for r in runs]
             gains = [statistics.mean(y for _, y in c[1:]) for c in samp]
@@ -249,8 +249,9 @@ def verdicts(regime, res, out, target, budget, a) -> list[str]:
         m, se = out[(arm, prm)]["gain"]
         return f"{100 * m:+.1f} ± {100 * se:.1f} points"
 
-    if regime == "sparse":
-        for prm in PRMS:
+    have = lambda *arms: all(x in a.arms for x in arms)  # noqa: E731
+    if regime == "sparse" and have("progrs"):
+        for prm in a.prms:
             reach = out[("progrs", prm)]["reach"]
             ok = reach is not None and reach <= 0.75 * budget
             lines.append(f"- **H1 ({prm} PRM{', primary' if prm == 'rule' else ', secondary'}): "
@@ -260,7 +261,7 @@ def verdicts(regime, res, out, target, budget, a) -> list[str]:
                             f"reached outcome-only's final sampled pass@1 ({100 * target:.1f}%) after "
                             f"{reach:.0f} of {budget} rollouts ({reach / budget:.0%})")
                          + f"; the bar is 75%. Gain over outcome: {gain_txt('progrs', prm)}.")
-        for prm in PRMS:
+        for prm in a.prms if have("progrs+shuffle") else ():
             g, s = out[("progrs", prm)]["gain"], out[("progrs+shuffle", prm)]["gain"]
             if not beyond(*g):
                 v = "not testable: progrs shows no gain beyond noise to explain"
@@ -268,9 +269,10 @@ def verdicts(regime, res, out, target, budget, a) -> list[str]:
                 v = "supported: the gain vanishes into noise with b shuffled"
             else:
                 v = "not supported: the shuffled control keeps a gain beyond noise"
-            lines.append(f"- **H2 ({prm} PRM): {v}.** Gain over outcome: progrs {gain_txt('progrs', prm)}, "
-                         f"progrs+shuffle {gain_txt('progrs+shuffle', prm)}, progrs+constant "
-                         f"{gain_txt('progrs+constant', prm)}, progrs-strict {gain_txt('progrs-strict', prm)}.")
+            others = ", ".join(f"{x} {gain_txt(x, prm)}" for x in a.arms if x.startswith("progrs"))
+            lines.append(f"- **H2 ({prm} PRM): {v}.** Gain over outcome: {others}.")
+    if "learned" not in a.prms or not have("absolute", "progrs"):
+        return lines + [""]
     ps_out = out[("outcome", "learned")]["ps_end"]
     acc_out = out[("outcome", "learned")]["end"]
     both = {}
@@ -300,9 +302,12 @@ def plot(regime: str, res: dict, a, path: Path):
         print(f"compare.py: matplotlib is not installed; skipping {path.name} (pip install matplotlib)")
         return
     seeds = range(a.seeds)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, prm in zip(axes, PRMS):
-        for arm in ARMS:
+    h3 = [x for x in ("outcome", "absolute", "progrs") if x in a.arms] if "learned" in a.prms else []
+    n = len(a.prms) + (len(h3) > 1)
+    fig, axes = plt.subplots(1, n, figsize=(5.3 * n, 4.5), squeeze=False)
+    axes = axes[0]
+    for ax, prm in zip(axes, a.prms):
+        for arm in a.arms:
             runs = [result(res, arm, prm, s) for s in seeds]
             cs = [curve(r, "eval_sampled_accuracy") for r in runs]
             x = [s * P * G for s, _ in cs[0]]
@@ -314,16 +319,17 @@ def plot(regime: str, res: dict, a, path: Path):
                             alpha=0.12)
         ax.set(xlabel="rollouts", ylabel="sampled pass@1 (%)", title=f"{regime}: {prm} PRM")
         ax.legend(fontsize=8)
-    ax = axes[2]
-    for arm in ("outcome", "absolute", "progrs"):
-        runs = [result(res, arm, "learned", s) for s in seeds]
-        acc = mean_curve(runs, "eval_sampled_accuracy")
-        ps = mean_curve(runs, "eval_sampled_process_score")
-        ax.plot([y for _, y in ps], [100 * y for _, y in acc], marker="o", label=arm)
-        ax.annotate(f"step {acc[-1][0]}", (ps[-1][1], 100 * acc[-1][1]), fontsize=7)
-    ax.set(xlabel="learned PRM score of the eval samples (b)", ylabel="sampled pass@1 (%)",
-           title=f"{regime}: H3, PRM score against pass@1")
-    ax.legend(fontsize=8)
+    if len(h3) > 1:
+        ax = axes[-1]
+        for arm in h3:
+            runs = [result(res, arm, "learned", s) for s in seeds]
+            acc = mean_curve(runs, "eval_sampled_accuracy")
+            ps = mean_curve(runs, "eval_sampled_process_score")
+            ax.plot([y for _, y in ps], [100 * y for _, y in acc], marker="o", label=arm)
+            ax.annotate(f"step {acc[-1][0]}", (ps[-1][1], 100 * acc[-1][1]), fontsize=7)
+        ax.set(xlabel="learned PRM score of the eval samples (b)", ylabel="sampled pass@1 (%)",
+               title=f"{regime}: H3, PRM score against pass@1")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -343,7 +349,16 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "out" / "compare"), help="where the runs go")
+    p.add_argument("--arms", default=",".join(ARMS), help="a subset of the arms (outcome always runs)")
+    p.add_argument("--prms", default=",".join(PRMS), help="rule, learned or both")
+    p.add_argument("--tag", default="", help="an exploratory follow-up: write results_TAG.md, marked "
+                   "as added after the pre-registered results, instead of results.md")
     a = p.parse_args()
+    a.arms = ["outcome", *[x for x in a.arms.split(",") if x != "outcome"]]
+    a.prms = a.prms.split(",")
+    for flag, xs, known in (("--arms", a.arms, ARMS), ("--prms", a.prms, PRMS)):
+        if not set(xs) <= set(known):
+            p.error(f"{flag}: unknown {sorted(set(xs) - set(known))}; expected some of {list(known)}")
     t0 = time.perf_counter()
     import progrs
     import torch
@@ -364,7 +379,8 @@ def main():
         res = {k: f.result() for k, f in futures.items()}
     wall = time.perf_counter() - t0
 
-    command = "python tiny_task/compare.py" + ("" if a.regime == "both" else f" --regime {a.regime}")
+    command = " ".join(["python tiny_task/compare.py", *sys.argv[1:]])
+    stem = f"results_{a.tag}" if a.tag else "results"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
     body = [HEAD_END, "", "# Results", "",
@@ -378,10 +394,16 @@ def main():
     for r in regimes:
         sub = {k[1:]: v for k, v in res.items() if k[0] == r}
         lines, _ = regime_report(r, sub, a)
-        body += lines + [f"![{r}](results_{r}.png)", ""]
-        plot(r, sub, a, HERE / f"results_{r}.png")
-    path = HERE / ("results.md" if a.regime == "both" else f"results_{a.regime}.md")
-    head = (HERE / "results.md").read_text().split(HEAD_END)[0] if (HERE / "results.md").exists() else ""
+        body += lines + [f"![{r}]({stem}_{r}.png)", ""]
+        plot(r, sub, a, HERE / f"{stem}_{r}.png")
+    if a.tag:
+        path = HERE / f"{stem}.md"
+        head = (f"# Exploratory: `{command}`\n\nAdded after the pre-registered results in "
+                "tiny_task/results.md were seen; not part of the pre-registered tests. The verdict lines "
+                "apply the pre-registered rules to these runs.\n\n")
+    else:
+        path = HERE / ("results.md" if a.regime == "both" else f"results_{a.regime}.md")
+        head = (HERE / "results.md").read_text().split(HEAD_END)[0]
     path.write_text(head + "\n".join(body) + "\n")
     print("\n".join(body[2:]))
     print(f"wrote {path.relative_to(ROOT)} in {wall / 60:.1f} minutes")
