@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=None, help="steps between evals")
     g.add_argument("--eval-samples", type=int, default=0,
                    help="K > 0: also sampled pass@1, K samples per eval problem")
-    g.add_argument("--eval-batch", type=int, default=None, help="prompts per greedy eval batch")
+    g.add_argument("--eval-batch", type=int, default=None, help="rows per eval batch (prompts x samples)")
     g = p.add_argument_group("rollouts")
     g.add_argument("--steps", type=int, default=None, help="policy updates")
     g.add_argument("--prompts-per-step", type=int, default=None, help="P: prompts per step")

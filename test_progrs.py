@@ -678,6 +678,20 @@ def test_sampled_evaluation_is_seeded_and_leaves_the_training_random_stream_alon
     assert len(set(evals[0]["sampled_texts"])) > 8                    # and sampled, not greedy
 
 
+def test_compare_reads_rollouts_to_a_target_between_evaluations_and_pairs_seeds():
+    """tiny_task/compare.py's verdict arithmetic: the first crossing after training began, linear
+    between evaluations, in rollouts (16 prompts x 8 per step); differences paired by seed."""
+    sys.path.insert(0, str(HERE / "tiny_task"))
+    import compare
+    pts = [(0, 0.4), (3, 0.3), (6, 0.5), (9, 0.5)]
+    assert compare.rollouts_to(pts, 0.35) == pytest.approx(3.75 * 128)   # not step 0, before training
+    assert compare.rollouts_to(pts, 0.5) == pytest.approx(6 * 128)
+    assert compare.rollouts_to(pts, 0.6) is None
+    m, se = compare.paired([0.5, 0.6, 0.9], [0.4, 0.4, 0.6])
+    assert m == pytest.approx(0.2) and se == pytest.approx(0.1 / math.sqrt(3))
+    assert compare.beyond(0.2, 0.09) and not compare.beyond(0.2, 0.1)
+
+
 def test_gradient_equals_the_supervised_gradient_when_every_advantage_is_one(tiny):
     """With A = 1 for every rollout the update is supervised training on the batch's own tokens:
     the gradient of the mean token NLL over the whole batch (divided by tokens, not sequences)."""

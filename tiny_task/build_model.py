@@ -2,7 +2,7 @@
 
     python tiny_task/make_data.py      # once: tiny_task/train.jsonl, tiny_task/test.jsonl
     python tiny_task/build_model.py    # about 3.5 minutes on 2 CPU cores: tiny_task/model/
-    python tiny_task/build_model.py --p-hasty 0.9 --out tiny_task/model_sparse   # a more hasty habit
+    python tiny_task/build_model.py --p-hasty 0.85 --out tiny_task/model_sparse  # a more hasty habit
 
 1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
    (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
