@@ -2,14 +2,16 @@
 
     python tiny_task/compare.py                     # both regimes: tiny_task/results.md + results_*.png
     python tiny_task/compare.py --regime sparse     # one regime alone: tiny_task/results_sparse.md
+    python tiny_task/compare.py --regime sparse --seeds 9 --arms outcome,progrs,progrs+shuffle \
+        --tag more_seeds                            # a follow-up, marked exploratory: results_more_seeds.md
 
 The hypotheses, the fixed settings and how each verdict is computed stand in the head of
 tiny_task/results.md, written before any run; this script keeps that head and rewrites what follows it.
 
 Regimes (warm starts built by build_model.py):
     current   tiny_task/model         the default warm start: careful on half the problems
-    sparse    tiny_task/model_sparse  a stronger hasty habit: few sampled rollouts are right and a
-                                      third of the groups of 8 are all wrong, where A_out = 0
+    sparse    tiny_task/model_sparse  a stronger hasty habit: about 10% of sampled rollouts are
+                                      right and over 40% of the groups of 8 are all wrong (A_out = 0)
 Arms, each with the rule PRM (--prm toy) and the learned PRM (--prm tiny_task/prm):
     outcome          plain GRPO (trains the same whatever the PRM, so it runs once, logging the
                      learned PRM's score)
@@ -20,8 +22,9 @@ Arms, each with the rule PRM (--prm toy) and the learned PRM (--prm tiny_task/pr
     progrs-strict    b centred within each outcome class: the PRM only orders rollouts within a class
 
 Every run is `python progrs.py` itself, one thread each, --jobs at a time (2 on a 2-core machine), so
-a run's numbers depend only on its flags and seed. Runs land in out/compare/REGIME/; a finished run is
-not rerun (delete out/compare/ after changing a model or progrs.py). Before the runs, the script
+a run's numbers depend only on its flags and seed. Runs land in out/compare/REGIME/ (--out moves them);
+a finished run is reused if its flags match and stops the script if they do not (delete out/compare/
+after changing a model or progrs.py: that, it cannot see). Before the runs, the script
 measures each regime's starting point (sampled accuracy, all-wrong groups, what each PRM's score says
 about success). The plots need matplotlib (optional: pip install matplotlib); without it they are skipped.
 """
@@ -59,9 +62,19 @@ HEAD_END = "<!-- compare.py writes everything below this line; the head above wa
 # ---- the runs ---------------------------------------------------------------------------------------
 
 def run(out: Path, flags: list[str]) -> dict:
-    """One progrs.py run (skipped if it finished before); returns its metric lines and wall time."""
+    """One progrs.py run (skipped if it finished before with the same flags); returns its metric
+    lines and wall time."""
     done = out / "done.json"
-    if not done.exists():
+    if done.exists():
+        import progrs
+        given = vars(progrs.build_parser().parse_args(flags))
+        used = json.loads((out / "config.json").read_text())
+        differ = [f"--{k.replace('_', '-')}" for k in given
+                  if f"--{k.replace('_', '-')}" in flags and str(given[k]) != str(used[k])]
+        if differ:
+            sys.exit(f"compare.py: {out} was run with other {', '.join(differ)}; delete it or pass "
+                     "another --out")
+    else:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -208,7 +221,8 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
     lines += [f"Sampled pass@1 is the mean over {a.eval_samples} samples per problem at T = 1 on the "
               f"first {a.eval_size} test problems; greedy pass@1 on the same problems. Mean ± std over "
               f"{a.seeds} seeds. 'Gain' is the paired (same seed) difference from outcome-only in "
-              f"sampled pass@1, averaged over the evaluations after step 0, mean ± standard error. "
+              f"sampled pass@1, averaged over the evaluations after step 0, mean ± standard error; "
+              f"* marks a gain more than 2 standard errors from zero. "
               f"Outcome-only's final sampled pass@1 (mean over seeds): {100 * target:.1f}%.", "",
               "| PRM | arm | sampled pass@1 start | sampled pass@1 end | greedy end | gain over outcome "
               "(points) | rollouts to outcome's final | PRM score of eval samples, end | all-wrong "
@@ -225,8 +239,9 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
             ends = [c[-1][1] for c in samp]
             ps = [curve(r, "eval_sampled_process_score")[-1][1] for r in runs]
             train = [[x for x in r["rows"] if "train_accuracy" in x] for r in runs]
-            out[(arm, prm)] = dict(gain=gain, reach=reach, end=ends, ps_end=ps)
-            g = "—" if arm == "outcome" else f"{100 * gain[0]:+.1f} ± {100 * gain[1]:.1f}"
+            out[(arm, prm)] = dict(gain=gain, gains=gains, reach=reach, end=ends, ps_end=ps)
+            g = "—" if arm == "outcome" else \
+                f"{100 * gain[0]:+.1f} ± {100 * gain[1]:.1f}{' *' if beyond(*gain) else ''}"
             lines.append(
                 f"| {prm if arm != 'outcome' else 'any'} | {arm} | "
                 f"{pm([c[0][1] for c in samp], scale=100)} | {pm(ends, scale=100)} | "
@@ -238,6 +253,26 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
                 f"{pm([r['wall_s'] for r in runs], '{:.0f}')} |")
     lines += ["", "(The outcome row's PRM score is the learned PRM's; outcome-only trains the same under "
               "either PRM and runs once per seed.)", ""]
+    steps = [s for s, _ in curve(outcome[0], "eval_sampled_accuracy")[1:]]
+    lines += ["Gain over outcome-only at each evaluation (points of sampled pass@1, per-seed "
+              "difference, mean ± standard error):", "",
+              "| PRM | arm | " + " | ".join(f"step {s}" for s in steps) + " |",
+              "| --- | --- |" + " --- |" * len(steps)]
+    for prm in a.prms:
+        for arm in a.arms[1:]:
+            cells = []
+            for i in range(1, len(steps) + 1):
+                m, se = paired([curve(result(res, arm, prm, s), "eval_sampled_accuracy")[i][1] for s in seeds],
+                               [curve(o, "eval_sampled_accuracy")[i][1] for o in outcome])
+                cells.append(f"{100 * m:+.1f} ± {100 * se:.1f}")
+            lines.append(f"| {prm} | {arm} | " + " | ".join(cells) + " |")
+    by_step = [[x for x in o["rows"] if "train_accuracy" in x] for o in outcome]
+    lines += ["", "Outcome-only, per training step (mean over seeds): all-wrong groups of "
+              f"{P}: " + ", ".join(f"{statistics.mean(t[i]['groups_all_wrong'] for t in by_step):.1f}"
+                                 for i in range(a.steps))
+              + "; steps per answer: " + ", ".join(
+                  f"{statistics.mean(t[i]['steps_per_answer'] for t in by_step):.2f}" for i in range(a.steps))
+              + ".", ""]
     return lines + verdicts(regime, res, out, target, budget, a), out
 
 
@@ -270,7 +305,11 @@ def verdicts(regime, res, out, target, budget, a) -> list[str]:
             else:
                 v = "not supported: the shuffled control keeps a gain beyond noise"
             others = ", ".join(f"{x} {gain_txt(x, prm)}" for x in a.arms if x.startswith("progrs"))
-            lines.append(f"- **H2 ({prm} PRM): {v}.** Gain over outcome: {others}.")
+            d = paired(out[("progrs", prm)]["gains"], out[("progrs+shuffle", prm)]["gains"])
+            lines.append(f"- **H2 ({prm} PRM): {v}.** Gain over outcome: {others}. The direct contrast, "
+                         f"progrs minus progrs+shuffle per seed (not part of the pre-set rule): "
+                         f"{100 * d[0]:+.1f} ± {100 * d[1]:.1f} points"
+                         f"{', beyond noise' if beyond(*d) else ', within noise'}.")
     if "learned" not in a.prms or not have("absolute", "progrs"):
         return lines + [""]
     ps_out = out[("outcome", "learned")]["ps_end"]
@@ -340,16 +379,17 @@ def plot(regime: str, res: dict, a, path: Path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regime", default="both", choices=["both", *REGIMES])
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--eval-every", type=int, default=3)
-    p.add_argument("--eval-size", type=int, default=200)
-    p.add_argument("--eval-samples", type=int, default=4)
-    p.add_argument("--lam", type=float, default=1.0)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--regime", default="both", choices=["both", *REGIMES], help="which warm start(s)")
+    p.add_argument("--steps", type=int, default=12, help="policy updates per run")
+    p.add_argument("--eval-every", type=int, default=3, help="steps between evaluations")
+    p.add_argument("--eval-size", type=int, default=200, help="the first N test problems")
+    p.add_argument("--eval-samples", type=int, default=4, help="samples per problem for sampled pass@1")
+    p.add_argument("--lam", type=float, default=1.0, help="weight of the process bonus")
+    p.add_argument("--seeds", type=int, default=3, help="N: seeds 0 .. N-1")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--out", default=str(ROOT / "out" / "compare"), help="where the runs go")
-    p.add_argument("--arms", default=",".join(ARMS), help="a subset of the arms (outcome always runs)")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help=f"comma-separated, some of {', '.join(ARMS)} (outcome always runs)")
     p.add_argument("--prms", default=",".join(PRMS), help="rule, learned or both")
     p.add_argument("--tag", default="", help="an exploratory follow-up: write results_TAG.md, marked "
                    "as added after the pre-registered results, instead of results.md")
@@ -381,12 +421,18 @@ def main():
 
     command = " ".join(["python tiny_task/compare.py", *sys.argv[1:]])
     stem = f"results_{a.tag}" if a.tag else "results"
+    runs_at = Path(a.out).resolve()
+    runs_at = runs_at.relative_to(ROOT) if runs_at.is_relative_to(ROOT) else runs_at
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    body = [HEAD_END, "", "# Results", "",
+    body = [] if a.tag else [HEAD_END, ""]
+    body += ["# Results", "",
             f"Produced by `{command}` at commit {commit}: {len(res)} runs of {a.steps} steps x {P} "
-            f"prompts x {G} rollouts, {a.jobs} at a time, {wall / 60:.1f} minutes in all "
-            f"({t_stats:.0f} s of it measuring the starting points). Per-run metrics: out/compare/.", "",
+            f"prompts x {G} rollouts ({sum(r['wall_s'] for r in res.values()) / 60:.1f} minutes of run "
+            f"time, summed over the runs when each was made), {a.jobs} at a time; this invocation took "
+            f"{wall / 60:.1f} minutes "
+            f"({t_stats:.0f} s of it measuring the starting points). Per-run metrics and logs: "
+            f"{runs_at}/.", "",
             "## Starting points", "",
             f"{len(problems)} test problems x {G} samples at T = 1 from each warm start, before any "
             "training. The rule PRM is read at tau 0.1, the learned one at tau 0.5, as in the runs.", "",
@@ -394,8 +440,9 @@ def main():
     for r in regimes:
         sub = {k[1:]: v for k, v in res.items() if k[0] == r}
         lines, _ = regime_report(r, sub, a)
-        body += lines + [f"![{r}]({stem}_{r}.png)", ""]
-        plot(r, sub, a, HERE / f"{stem}_{r}.png")
+        png = f"{stem}.png" if a.tag and len(regimes) == 1 else f"{stem}_{r}.png"
+        body += lines + [f"![{r}]({png})", ""]
+        plot(r, sub, a, HERE / png)
     if a.tag:
         path = HERE / f"{stem}.md"
         head = (f"# Exploratory: `{command}`\n\nAdded after the pre-registered results in "
@@ -405,7 +452,7 @@ def main():
         path = HERE / ("results.md" if a.regime == "both" else f"results_{a.regime}.md")
         head = (HERE / "results.md").read_text().split(HEAD_END)[0]
     path.write_text(head + "\n".join(body) + "\n")
-    print("\n".join(body[2:]))
+    print("\n".join(body))
     print(f"wrote {path.relative_to(ROOT)} in {wall / 60:.1f} minutes")
 
 
