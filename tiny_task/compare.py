@@ -342,7 +342,8 @@ def plot(regime: str, res: dict, a, path: Path):
         return
     seeds = range(a.seeds)
     h3 = [x for x in ("outcome", "absolute", "progrs") if x in a.arms] if "learned" in a.prms else []
-    n = len(a.prms) + (len(h3) > 1)
+    h3 = h3 if "absolute" in h3 else []  # the H3 panel compares the absolute blend with the others
+    n = len(a.prms) + bool(h3)
     fig, axes = plt.subplots(1, n, figsize=(5.3 * n, 4.5), squeeze=False)
     axes = axes[0]
     for ax, prm in zip(axes, a.prms):
@@ -358,7 +359,7 @@ def plot(regime: str, res: dict, a, path: Path):
                             alpha=0.12)
         ax.set(xlabel="rollouts", ylabel="sampled pass@1 (%)", title=f"{regime}: {prm} PRM")
         ax.legend(fontsize=8)
-    if len(h3) > 1:
+    if h3:
         ax = axes[-1]
         for arm in h3:
             runs = [result(res, arm, "learned", s) for s in seeds]
