@@ -35,6 +35,8 @@ What is our reading, where the abstract is silent (each is marked "our reading" 
     of a Beta distribution. A learned PRM (a Hugging Face token-classification model with a quantile
     or a two-class head; tiny_task/build_prm.py trains one) plugs in behind the same interface.
   - The trainer reads the PRM's lowest quantile (tau = 0.1) by default: a pessimistic PRM.
+  - --mode progrs-strict, a stricter reading: right rollouts' scores are centred among themselves
+    too, so the PRM only orders rollouts within each outcome class.
 What is left out:
   - No value network, no reference-model KL by default (--kl-coef turns it on), one policy update
     per batch by default (--ppo-epochs > 1 turns on the clipped ratio).
@@ -1088,13 +1090,13 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
                eval_trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
                eval_steps_per_answer=float(np.mean(s["n_steps"])),
                eval_process_score=float(np.mean(s["b"])), texts=texts)
-    if args.eval_samples > 0:
+    k = args.eval_samples
+    if k > 0:
         # Its own seeded random stream, restored afterwards: every evaluation of a run draws the
         # same random numbers, and how often a run evaluates does not change its training.
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(args.seed)
-            sampled = complete(args.eval_samples, args.temperature)
-        k = args.eval_samples
+            sampled = complete(k, args.temperature)
         s = score_completions([p for p in problems for _ in range(k)], sampled, prm, args.q_index,
                               args.lam_var)
         out.update(eval_sampled_accuracy=float(np.mean(s["correct"])),
@@ -1228,7 +1230,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
             if step % args.save_every == 0 or step == args.steps:
                 save_checkpoint(model, tokenizer, out_dir, step)
         bar.close()
-    for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):
+    for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):  # greedy last
         if key in last:
             log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} "
                 f"({100 * (last[key] - before[key]):+.1f} points) on {len(eval_set)} problems after "

@@ -160,17 +160,15 @@ def regime_stats(model_dir: Path, problems: list[dict], seed: int = 0) -> dict:
         prompts = [progrs.build_prompt(p["question"]) for p in problems[i:i + 32]]
         texts += progrs.generate(model, tokenizer, prompts, G, 64, 1.0, amp)["texts"]
     per_rollout = [p for p in problems for _ in range(G)]
-    out = {}
-    for name, prm, q in (("rule", progrs.ToyPRM(), 0.1),
-                         ("learned", progrs.ModelPRM(str(HERE / "prm"), device, amp), 0.5)):
-        s = progrs.score_completions(per_rollout, texts, prm, prm.taus.index(q), 1.0)
-        out[name] = s["b"]
-    correct = [bool(c) for c in s["correct"]]
+    scored = {name: progrs.score_completions(per_rollout, texts, prm, prm.taus.index(q), 1.0)
+              for name, prm, q in (("rule", progrs.ToyPRM(), 0.1),
+                                   ("learned", progrs.ModelPRM(str(HERE / "prm"), device, amp), 0.5))}
+    correct = [bool(c) for c in scored["rule"]["correct"]]       # the verifier: the same for both
     groups = [correct[i:i + G] for i in range(0, len(correct), G)]
-    st = dict(n=len(correct), right=statistics.mean(correct),
+    st = dict(right=statistics.mean(correct),
               all_wrong=statistics.mean(not any(g) for g in groups),
               all_right=statistics.mean(all(g) for g in groups), prm={})
-    for name, b in out.items():
+    for name, b in ((name, x["b"]) for name, x in scored.items()):
         bins = []
         for lo, hi in zip(B_BINS, B_BINS[1:]):
             idx = [i for i, x in enumerate(b) if lo <= x < hi]
@@ -212,12 +210,14 @@ def regime_table(stats: dict) -> list[str]:
 
 # ---- tables and verdicts ----------------------------------------------------------------------------
 
-def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
+def regime_report(regime: str, res: dict, a) -> list[str]:
     seeds, budget = range(a.seeds), a.steps * P * G
     lines = [f"## Regime `{regime}` ({REGIMES[regime].relative_to(ROOT)})", ""]
     out = {}
     outcome = [result(res, "outcome", "learned", s) for s in seeds]
     target = mean_curve(outcome, "eval_sampled_accuracy")[-1][1]
+    outcome_samp = [curve(o, "eval_sampled_accuracy") for o in outcome]
+    base = [statistics.mean(y for _, y in c[1:]) for c in outcome_samp]
     lines += [f"Sampled pass@1 is the mean over {a.eval_samples} samples per problem at T = 1 on the "
               f"first {a.eval_size} test problems; greedy pass@1 on the same problems. Mean ± std over "
               f"{a.seeds} seeds. 'Gain' is the paired (same seed) difference from outcome-only in "
@@ -233,13 +233,12 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
             runs = [result(res, arm, prm, s) for s in seeds]
             samp = [curve(r, "eval_sampled_accuracy") for r in runs]
             gains = [statistics.mean(y for _, y in c[1:]) for c in samp]
-            base = [statistics.mean(y for _, y in curve(o, "eval_sampled_accuracy")[1:]) for o in outcome]
             gain = paired(gains, base)
             reach = rollouts_to(mean_curve(runs, "eval_sampled_accuracy"), target)
             ends = [c[-1][1] for c in samp]
             ps = [curve(r, "eval_sampled_process_score")[-1][1] for r in runs]
             train = [[x for x in r["rows"] if "train_accuracy" in x] for r in runs]
-            out[(arm, prm)] = dict(gain=gain, gains=gains, reach=reach, end=ends, ps_end=ps)
+            out[(arm, prm)] = dict(samp=samp, gain=gain, gains=gains, reach=reach, end=ends, ps_end=ps)
             g = "—" if arm == "outcome" else \
                 f"{100 * gain[0]:+.1f} ± {100 * gain[1]:.1f}{' *' if beyond(*gain) else ''}"
             lines.append(
@@ -253,7 +252,7 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
                 f"{pm([r['wall_s'] for r in runs], '{:.0f}')} |")
     lines += ["", "(The outcome row's PRM score is the learned PRM's; outcome-only trains the same under "
               "either PRM and runs once per seed.)", ""]
-    steps = [s for s, _ in curve(outcome[0], "eval_sampled_accuracy")[1:]]
+    steps = [s for s, _ in outcome_samp[0][1:]]
     lines += ["Gain over outcome-only at each evaluation (points of sampled pass@1, per-seed "
               "difference, mean ± standard error):", "",
               "| PRM | arm | " + " | ".join(f"step {s}" for s in steps) + " |",
@@ -262,8 +261,7 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
         for arm in a.arms[1:]:
             cells = []
             for i in range(1, len(steps) + 1):
-                m, se = paired([curve(result(res, arm, prm, s), "eval_sampled_accuracy")[i][1] for s in seeds],
-                               [curve(o, "eval_sampled_accuracy")[i][1] for o in outcome])
+                m, se = paired([c[i][1] for c in out[(arm, prm)]["samp"]], [c[i][1] for c in outcome_samp])
                 cells.append(f"{100 * m:+.1f} ± {100 * se:.1f}")
             lines.append(f"| {prm} | {arm} | " + " | ".join(cells) + " |")
     by_step = [[x for x in o["rows"] if "train_accuracy" in x] for o in outcome]
@@ -273,11 +271,10 @@ def regime_report(regime: str, res: dict, a) -> tuple[list[str], dict]:
               + "; steps per answer: " + ", ".join(
                   f"{statistics.mean(t[i]['steps_per_answer'] for t in by_step):.2f}" for i in range(a.steps))
               + ".", ""]
-    return lines + verdicts(regime, res, out, target, budget, a), out
+    return lines + verdicts(regime, out, target, budget, a)
 
 
-def verdicts(regime, res, out, target, budget, a) -> list[str]:
-    seeds = range(a.seeds)
+def verdicts(regime, out, target, budget, a) -> list[str]:
     lines = [f"### Hypotheses, regime `{regime}`", ""]
 
     def gain_txt(arm, prm):
@@ -314,19 +311,19 @@ def verdicts(regime, res, out, target, budget, a) -> list[str]:
         return lines + [""]
     ps_out = out[("outcome", "learned")]["ps_end"]
     acc_out = out[("outcome", "learned")]["end"]
-    both = {}
+    exploits, said = {}, []
     for arm in ("absolute", "progrs"):
         dps = paired(out[(arm, "learned")]["ps_end"], ps_out)
         dacc = paired(out[(arm, "learned")]["end"], acc_out)
-        both[arm] = (dps[0] > 0 and beyond(*dps)) and (dacc[0] < 0 and beyond(*dacc))
-        both[arm + "_txt"] = (f"{arm}: PRM score {dps[0]:+.3f} ± {dps[1]:.3f}, sampled pass@1 "
-                              f"{100 * dacc[0]:+.1f} ± {100 * dacc[1]:.1f} points")
-    ok = both["absolute"] and not both["progrs"]
+        exploits[arm] = (dps[0] > 0 and beyond(*dps)) and (dacc[0] < 0 and beyond(*dacc))
+        said.append(f"{arm}: PRM score {dps[0]:+.3f} ± {dps[1]:.3f}, sampled pass@1 "
+                    f"{100 * dacc[0]:+.1f} ± {100 * dacc[1]:.1f} points")
+    ok = exploits["absolute"] and not exploits["progrs"]
     lines.append(f"- **H3 (learned PRM, lam {a.lam}): {'supported' if ok else 'not supported'}.** At the "
-                 f"end, paired differences from outcome-only: {both['absolute_txt']}; {both['progrs_txt']}. "
+                 f"end, paired differences from outcome-only: {'; '.join(said)}. "
                  f"Exploitation needs both a higher PRM score and a lower pass@1, each beyond 2 standard "
-                 f"errors: absolute {'shows it' if both['absolute'] else 'does not'}, progrs "
-                 f"{'shows it' if both['progrs'] else 'does not'}.")
+                 f"errors: absolute {'shows it' if exploits['absolute'] else 'does not'}, progrs "
+                 f"{'shows it' if exploits['progrs'] else 'does not'}.")
     return lines + [""]
 
 
@@ -440,9 +437,8 @@ def main():
             *regime_table(stats), ""]
     for r in regimes:
         sub = {k[1:]: v for k, v in res.items() if k[0] == r}
-        lines, _ = regime_report(r, sub, a)
         png = f"{stem}.png" if a.tag and len(regimes) == 1 else f"{stem}_{r}.png"
-        body += lines + [f"![{r}]({png})", ""]
+        body += regime_report(r, sub, a) + [f"![{r}]({png})", ""]
         plot(r, sub, a, HERE / png)
     if a.tag:
         path = HERE / f"{stem}.md"
