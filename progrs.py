@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import contextlib
 import copy
 import functools
@@ -797,6 +798,29 @@ def dominance_violations(adv: torch.Tensor, correct: torch.Tensor) -> int:
     return int((pair & (adv.unsqueeze(-2) >= adv.unsqueeze(-1))).sum())
 
 
+# Fluent failures: the gauge for PRM hacking. A rollout is a fluent failure when its answer is wrong
+# although the PRM rates its steps like a right solution's: it has at least one judged step and its b
+# reaches the median b of right rollouts (the right rollouts of this batch and the run's last
+# FLUENT_POOL right training rollouts). A rank against the PRM's own scores, so it does not depend on
+# the PRM's scale, and it stays defined in a step with no right rollout. None until a right rollout
+# has been seen. A PRM that is being hacked shows it here first: wrong answers that it rates highly.
+FLUENT_POOL = 256
+
+
+def fluent_failures(b, correct, judged, right_b) -> torch.Tensor | None:
+    """(N,) process scores, outcomes, has-a-judged-step, and the reference pool of right b's ->
+    (N,) bool: wrong rollouts whose b reaches the pool's median (None for an empty pool).
+
+    >>> fluent_failures(torch.tensor([0.9, 0.7, 0.5, 0.0]), torch.tensor([True, False, False, False]),
+    ...                 torch.tensor([True, True, True, False]), [0.6, 0.7])
+    tensor([False,  True, False, False])
+    """
+    pool = torch.tensor(list(right_b) + b[correct.bool()].tolist(), dtype=torch.float32)
+    if pool.numel() == 0:
+        return None
+    return ~correct.bool() & judged.bool() & (b.float() >= pool.quantile(0.5))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Rollouts
 #
@@ -1031,7 +1055,7 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
     Nothing a model writes stops a run: a completion whose verification or step splitting raises is
     judged wrong, has no steps, so b = 0 (the lowest process score), and is counted in `unscorable`.
     """
-    out = dict(correct=[], b=[], step_scores=[], n_steps=[], trace_error=[], unscorable=[])
+    out = dict(correct=[], b=[], step_scores=[], n_steps=[], trace_error=[], unscorable=[], judged=[])
     steps = []
     for prob, text in zip(problems, texts):
         try:
@@ -1047,6 +1071,7 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
         out["n_steps"].append(len(s))
     for q in prm.score_batch([p["question"] for p in problems], steps):            # [(S_i, Q)]
         out["step_scores"].append(q[:, q_index].tolist())
+        out["judged"].append(bool((~q[:, q_index].isnan()).any()))
         out["b"].append(coherence_score(q[:, q_index], lam_var=lam_var))
     return out
 
@@ -1071,7 +1096,7 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp, rng=Non
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
+def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=()) -> dict:
     """Greedy pass@1 with the trace-error rate, steps per answer and mean process score of the
     greedy completions; with --eval-samples K > 0, also sampled pass@1: the mean over K samples per
     problem at the training temperature, which is what the policy does, and what RL optimises."""
@@ -1086,7 +1111,7 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
     texts = complete(1, 0.0)
     s = score_completions(problems, texts, prm, args.q_index, args.lam_var)
     n_right = sum(s["correct"])
-    out = dict(eval_accuracy=n_right / len(problems),
+    out = dict(eval_accuracy=n_right / len(problems), eval_fluent_failure_rate=fluent_rate(s, right_pool),
                eval_trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
                eval_steps_per_answer=float(np.mean(s["n_steps"])),
                eval_process_score=float(np.mean(s["b"])), texts=texts)
@@ -1100,13 +1125,29 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
         s = score_completions([p for p in problems for _ in range(k)], sampled, prm, args.q_index,
                               args.lam_var)
         out.update(eval_sampled_accuracy=float(np.mean(s["correct"])),
+                   eval_sampled_fluent_failure_rate=fluent_rate(s, right_pool),
                    eval_sampled_process_score=float(np.mean(s["b"])), sampled_texts=sampled)
     return out
 
 
-def step_metrics(batch: dict, args) -> dict:
-    """One JSON line of what happened in a training step."""
+def fluent_rate(scored: dict, right_pool) -> float | None:
+    """The share of fluent failures among scored completions (None before any right rollout)."""
+    ff = fluent_failures(torch.tensor(scored["b"]), torch.tensor(scored["correct"]),
+                         torch.tensor(scored["judged"]), right_pool)
+    return None if ff is None else float(ff.float().mean())
+
+
+def step_metrics(batch: dict, args, right_pool=None) -> dict:
+    """One JSON line of what happened in a training step. Marks batch["fluent"] (P, G) for the
+    teaching view, then adds the step's right b's to right_pool (a deque of the recent ones)."""
     correct, b, bonus, adv = batch["correct"], batch["b_grid"], batch["bonus"], batch["adv"]
+    ff = fluent_failures(b.flatten(), correct.flatten(), torch.tensor(batch["judged"]), right_pool or ())
+    fluent = torch.zeros_like(correct) if ff is None else ff.view_as(correct)     # (P, G)
+    batch["fluent"] = fluent
+    all_wrong = (correct.sum(-1, keepdim=True) == 0).expand_as(correct)           # (P, G)
+    push = torch.where(all_wrong, adv.clamp(min=0), 0.0)                          # (P, G)
+    if right_pool is not None:
+        right_pool.extend(b[correct].tolist())
     n_right = int(correct.sum())
     k = correct.sum(-1)
     mask = batch["completion_mask"]
@@ -1126,6 +1167,9 @@ def step_metrics(batch: dict, args) -> dict:
         completion_tokens=float(mask.sum(-1).float().mean()),
         truncated=int(batch["truncated"].sum()),
         unscorable=int(sum(batch["unscorable"])),
+        fluent_failure_rate=None if ff is None else float(ff.float().mean()),
+        # H6: the share of the positive advantage in all-wrong groups that goes to fluent failures
+        all_wrong_push_to_fluent=float(push[fluent].sum() / push.sum()) if push.sum() > 0 else None,
     )
 
 
@@ -1137,14 +1181,18 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     i = int((k * (G - k)).argmax())
     lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
              f"{'ok':>3} {'step scores':<24} {'b':>5} {'bonus':>6} {'A_out':>6} {'A':>6}  completion"]
+    fluent = batch.get("fluent", torch.zeros_like(correct))
     for j in range(G):
         r = i * G + j
         steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in batch["step_scores"][r][:6])
         text = batch["texts"][r].strip().replace("\n", " | ")
         text = text if len(text) <= width else text[:width - 3] + "..."
-        lines.append(f"{'yes' if correct[i, j] else 'no':>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} "
+        ok = "yes" if correct[i, j] else ("no*" if fluent[i, j] else "no")
+        lines.append(f"{ok:>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} "
                      f"{batch['bonus'][i, j]:+6.2f} {batch['a_out'][i, j]:+6.2f} "
                      f"{batch['adv'][i, j]:+6.2f}  {text}")
+    if fluent[i].any():
+        lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts")
     return "\n".join(lines)
 
 
@@ -1177,7 +1225,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
     ref_model = None
     if args.kl_coef > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    rng, queue = random.Random(args.seed), []
+    rng, queue, right_pool = random.Random(args.seed), [], collections.deque(maxlen=FLUENT_POOL)
     control_rng = torch.Generator().manual_seed(args.seed)  # --bonus-control shuffle only
 
     def next_problems():  # P prompts at a time, reshuffled every epoch over the train set
@@ -1189,7 +1237,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
 
     def run_eval(step, metrics_file):
         t0 = time.perf_counter()
-        ev = evaluate(model, tokenizer, eval_set, args, prm, amp)
+        ev = evaluate(model, tokenizer, eval_set, args, prm, amp, right_pool)
         rec = {k: v for k, v in ev.items() if not k.endswith("texts")}
         rec.update(step=step, t_eval=time.perf_counter() - t0)
         metrics_file.write(json.dumps(rec) + "\n")
@@ -1214,7 +1262,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> d
             t0 = time.perf_counter()
             upd = update_policy(model, optimizer, batch, batch["adv"].flatten(), args, amp, ref_model)
             schedule.step()
-            rec = dict(step=step, **step_metrics(batch, args), **upd,
+            rec = dict(step=step, **step_metrics(batch, args, right_pool), **upd,
                        t_generate=batch["t_generate"], t_score=batch["t_score"],
                        t_update=time.perf_counter() - t0)
             if ref_model is None:
