@@ -3,6 +3,8 @@
     python tiny_task/make_data.py      # once: tiny_task/train.jsonl, tiny_task/test.jsonl
     python tiny_task/build_model.py    # about 3.5 minutes on 2 CPU cores: tiny_task/model/
     python tiny_task/build_model.py --p-hasty 0.85 --out tiny_task/model_sparse  # a more hasty habit
+    python tiny_task/build_model.py --p-hasty P --p-stop-early S --out tiny_task/model_fluent
+                                       # a fluent-failure habit: see "Stopping early" below
 
 1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
    (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
@@ -32,6 +34,16 @@ Demonstration slips, in careful solutions, at rates P_MISCOPY and P_MISRESULT:
              from the true value 29, so the answer is right through a false step.
 The warm-started model makes both kinds of mistake itself when it samples. A step-level PRM cannot
 see the first kind and an outcome reward cannot see the second: the RL stage needs both to exist.
+
+Stopping early (--p-stop-early S, default 0: off): a share S of the careful demonstrations, at
+every step of training, stops one operation early: every written step is a true equation, then an
+`Answer:` line with the intermediate result, `12 + 17 = 29`, `29 - 9 = 20`, `Answer: 20` for
+`What is 12 + 17 - 9 + 6?`. The model answers a neighbouring question fluently: the toy PRM judges
+each of its steps sound, a learned PRM that reads the steps sees a right solution's prefix, and the
+answer is wrong. Whether to stop is a decision the policy makes at the last operation, so RL can make
+it more or less frequent; it sits beside right careful solutions and hasty ones. This builds the
+fluent-failure regime (tiny_task/model_fluent). With S = 0 no extra random number is drawn, so the
+default build is unchanged.
 
 Everything is seeded and the step count is fixed, so two builds on one machine give the same weights
 (floating-point sums depend on the CPU: another machine may build slightly different ones).
@@ -81,12 +93,21 @@ def is_hasty(completion: str) -> bool:
     return bool(s) and len(re.findall(r"[-+]", s[0].split("=")[0])) > 1
 
 
-def demonstration(question: str, rng: random.Random, p_hasty: float) -> str:
-    """The solution text for one warm-start example: hasty with probability p_hasty, else careful
-    with a slip at rates P_MISCOPY, P_MISRESULT."""
+def stopped_early(question: str, completion: str) -> bool:
+    """A completion whose steps are exactly the right solution's but the last, answered there."""
+    first, ops = parse(question)
+    return completion.strip() == render(steps(first, ops)[:-1])
+
+
+def demonstration(question: str, rng: random.Random, p_hasty: float, p_stop: float = 0.0) -> str:
+    """The solution text for one warm-start example: hasty with probability p_hasty, else careful:
+    stopped one operation early with probability p_stop, else with a slip at rates P_MISCOPY,
+    P_MISRESULT."""
     if rng.random() < p_hasty:
         return hasty(question)
     first, ops = parse(question)
+    if p_stop > 0 and rng.random() < p_stop:  # no draw at all when off: the default build is unchanged
+        return render(steps(first, ops)[:-1])
     r = rng.random()
     if r < P_MISCOPY:
         while True:  # miscopy one number by one; redraw if a result would leave 0..MAX_RESULT
@@ -123,12 +144,12 @@ def build_model(tok) -> Qwen2ForCausalLM:
     return model
 
 
-def batch_tensors(tok, questions, rng, p_hasty):
+def batch_tensors(tok, questions, rng, p_hasty, p_stop=0.0):
     """Right-padded prompt + demonstration + eos; labels are -100 outside the demonstration."""
     rows = []
     for q in questions:
         p = tok(build_prompt(q)).input_ids
-        s = tok(demonstration(q, rng, p_hasty)).input_ids + [tok.eos_token_id]
+        s = tok(demonstration(q, rng, p_hasty, p_stop)).input_ids + [tok.eos_token_id]
         rows.append((p + s, [-100] * len(p) + s))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id)
@@ -139,7 +160,7 @@ def batch_tensors(tok, questions, rng, p_hasty):
     return ids, mask, labels
 
 
-def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY):
+def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY, p_stop=0.0):
     rng = random.Random(SEED)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     # linear warmup, then linear decay to zero
@@ -148,7 +169,7 @@ def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY):
     model.train()
     for step in range(1, n_steps + 1):
         p_hasty = p_hasty_late if step > CAREFUL_ONLY else 0.0
-        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng, p_hasty)
+        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng, p_hasty, p_stop)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -174,6 +195,7 @@ def evaluate(model, tok, problems, temperature=0.0) -> dict:
     correct = scored["correct"]
     wrong = [[check_equations(s) for s in split_steps(t)] for t, ok in zip(texts, correct) if not ok]
     hasty_ok = [ok for t, ok in zip(texts, correct) if is_hasty(t)]
+    early = [stopped_early(p["question"], t) for p, t in zip(problems, texts)]
     careful_ok = [ok for t, ok in zip(texts, correct) if not is_hasty(t)]
     return {
         "accuracy": sum(correct) / len(problems),
@@ -185,6 +207,7 @@ def evaluate(model, tok, problems, temperature=0.0) -> dict:
         # wrong answers whose every step is a true equation
         "wrong_with_all_true_steps": sum(bool(c) and all(t and not f for t, f in c) for c in wrong)
         / max(1, len(wrong)),
+        "stopped_early": sum(early) / len(problems),
     }
 
 
@@ -192,13 +215,16 @@ def report(name: str, res: dict) -> None:
     print(f"{name}: accuracy {res['accuracy']:.1%}; hasty on {res['hasty_share']:.1%} of problems "
           f"({res['hasty_accuracy']:.1%} right), careful {res['careful_accuracy']:.1%} right; "
           f"{res['correct_with_false_step']:.1%} of right answers have a false step, "
-          f"{res['wrong_with_all_true_steps']:.1%} of wrong ones have only true steps")
+          f"{res['wrong_with_all_true_steps']:.1%} of wrong ones have only true steps; "
+          f"{res['stopped_early']:.1%} of all stop one operation early")
 
 
 def main():
     ap = argparse.ArgumentParser(description="Build the tiny task's warm-start model.")
     ap.add_argument("--p-hasty", type=float, default=P_HASTY,
                     help="hasty share of demonstrations after the careful-only steps")
+    ap.add_argument("--p-stop-early", type=float, default=0.0,
+                    help="share of careful demonstrations that stop one operation early (0: off)")
     ap.add_argument("--out", type=Path, default=OUT, help="where the model is saved")
     a = ap.parse_args()
     t0 = time.time()
@@ -214,7 +240,8 @@ def main():
     print(f"vocab {len(tok)}, parameters {n_params:,}")
 
     sft(model, tok, questions, SFT_STEPS,
-        lambda s, loss: s % 100 == 0 and print(f"step {s:4d}  loss {loss:.3f}", flush=True), a.p_hasty)
+        lambda s, loss: s % 100 == 0 and print(f"step {s:4d}  loss {loss:.3f}", flush=True),
+        a.p_hasty, a.p_stop_early)
     a.out.mkdir(exist_ok=True)
     model.save_pretrained(a.out)
     tok.save_pretrained(a.out)

@@ -1,9 +1,11 @@
-"""PROGRS against outcome-only GRPO, the absolute blend and three controls, in two regimes.
+"""PROGRS against outcome-only GRPO, the absolute blend and three controls, in two regimes; and a
+fluent-failure regime with its own comparison.
 
     python tiny_task/compare.py                     # both regimes: tiny_task/results.md + results_*.png
     python tiny_task/compare.py --regime sparse     # one regime alone: tiny_task/results_sparse.md
     python tiny_task/compare.py --regime sparse --seeds 9 --arms outcome,progrs,progrs+shuffle \
         --tag more_seeds                            # a follow-up, marked exploratory: results_more_seeds.md
+    python tiny_task/compare.py --regime fluent     # the fluent-failure comparison: results_fluent.md
 
 The hypotheses, the fixed settings and how each verdict is computed stand in the head of
 tiny_task/results.md, written before any run; this script keeps that head and rewrites what follows it.
@@ -12,6 +14,13 @@ Regimes (warm starts built by build_model.py):
     current   tiny_task/model         the default warm start: careful on half the problems
     sparse    tiny_task/model_sparse  a stronger hasty habit: about 10% of sampled rollouts are
                                       right and over 40% of the groups of 8 are all wrong (A_out = 0)
+    fluent    tiny_task/model_fluent  careful solutions that stop one operation early (a fluent
+                                      failure: true steps, wrong answer) beside right careful ones
+                                      and hasty ones; its own comparison (--regime fluent: arms
+                                      outcome, absolute, progrs at two lams, progrs-strict at one, the
+                                      fluent-failure gauge tracked, settings in FLUENT_SET; outcome
+                                      runs once per PRM, as the gauge ranks by b), never part of
+                                      --regime both; head and results in results_fluent.md
 Arms, each with the rule PRM (--prm toy) and the learned PRM (--prm tiny_task/prm):
     outcome          plain GRPO (trains the same whatever the PRM, so it runs once, logging the
                      learned PRM's score)
@@ -42,8 +51,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 REGIMES = {"current": HERE / "model", "sparse": HERE / "model_sparse"}
+FLUENT = HERE / "model_fluent"   # the fluent-failure regime: its own comparison (results_fluent.md)
 PRMS = {"rule": ["--prm", "toy"],
         # tau 0.5: at the default lowest tau (0.1) the learned PRM gives good steps 0.06-0.10 and the
         # sparse warm start's rollouts a mean b of 0.01, a bonus too small to test anything
@@ -55,6 +66,15 @@ ARMS = {"outcome": ["--mode", "outcome"],
         "progrs+constant": ["--mode", "progrs", "--bonus-control", "constant"],
         "progrs-strict": ["--mode", "progrs-strict"]}
 P, G = 16, 8                 # prompts per step, rollouts per prompt
+# the fluent-failure comparison's fixed settings, registered in the head of results_fluent.md
+FLUENT_SET = dict(steps=12, eval_every=2, eval_size=100, eval_samples=3, seeds=5, lams=(1.0, 2.0),
+                  arms=["outcome", "absolute", "progrs", "progrs-strict"],
+                  drop=[("progrs-strict", 2.0)])   # to fit 60 minutes on a shared 2-core machine
+
+
+def arms_at(a, lam) -> list[str]:
+    """The fluent regime's arms at one lam (FLUENT_SET's drop removed)."""
+    return [x for x in a.arms if (x, lam) not in FLUENT_SET["drop"]]
 B_BINS = (0.0, 0.05, 0.3, 0.6, 1.01)
 HEAD_END = "<!-- compare.py writes everything below this line; the head above was written before the runs -->"
 
@@ -89,11 +109,15 @@ def run(out: Path, flags: list[str]) -> dict:
     return dict(rows=rows, wall_s=json.loads(done.read_text())["wall_s"])
 
 
+def base_flags(a) -> list[str]:
+    return ["--steps", str(a.steps), "--prompts-per-step", str(P), "--group-size", str(G),
+            "--eval-every", str(a.eval_every), "--eval-size", str(a.eval_size),
+            "--eval-samples", str(a.eval_samples)]
+
+
 def arm_runs(a) -> dict:
     """{(arm, prm, seed): flags}; outcome once per seed (its training ignores b)."""
-    base = ["--steps", str(a.steps), "--prompts-per-step", str(P), "--group-size", str(G),
-            "--eval-every", str(a.eval_every), "--eval-size", str(a.eval_size),
-            "--eval-samples", str(a.eval_samples), "--lam", str(a.lam)]
+    base = [*base_flags(a), "--lam", str(a.lam)]
     jobs = {}
     for s in range(a.seeds):
         jobs[("outcome", "learned", s)] = [*base, *ARMS["outcome"], *PRMS["learned"], "--seed", str(s)]
@@ -102,6 +126,23 @@ def arm_runs(a) -> dict:
                 if arm != "outcome":
                     jobs[(arm, prm, s)] = [*base, *ARMS[arm], *PRMS[prm], "--seed", str(s)]
     return jobs
+
+
+def fluent_runs(a) -> dict:
+    """{(arm, prm, lam, seed): flags}; outcome once per PRM (lam None): its training ignores b, but
+    the fluent-failure gauge ranks by b, so each PRM needs its own outcome-only runs."""
+    return {(arm, prm, lam, s): [*base_flags(a), "--lam", str(lam or 1.0), *ARMS[arm], *PRMS[prm],
+                                 "--seed", str(s)]
+            for s in range(a.seeds) for prm in a.prms for arm in a.arms
+            for lam in ([None] if arm == "outcome" else [x for x in a.lams if arm in arms_at(a, x)])}
+
+
+def run_all(jobs: dict, a) -> dict:
+    """{key: (run folder, flags)} -> {key: run()}, --jobs at a time, the slower learned-PRM runs first."""
+    order = sorted(jobs, key=lambda k: "learned" not in k)
+    with ThreadPoolExecutor(a.jobs) as pool:
+        futures = {k: pool.submit(run, *jobs[k]) for k in order}
+        return {k: f.result() for k, f in futures.items()}
 
 
 def result(res: dict, arm: str, prm: str, seed: int) -> dict:
@@ -190,7 +231,43 @@ def regime_stats(model_dir: Path, problems: list[dict], seed: int = 0) -> dict:
                                spread_all_wrong=statistics.mean(spread) if spread else None,
                                b_right=statistics.mean([x for x, c in zip(b, correct) if c] or [math.nan]),
                                b_wrong=statistics.mean([x for x, c in zip(b, correct) if not c] or [math.nan]))
+    st["sample"] = dict(problems=per_rollout, texts=texts, correct=correct, scored=scored)
     return st
+
+
+def fluent_stats(st: dict, lams) -> dict:
+    """The fluent-failure numbers of a starting point (regime_stats' sample): per PRM, the gauge
+    (progrs.fluent_failures, its pool = the sample's right rollouts), mean b of fluent failures,
+    right answers and rollouts that stop one operation early, and, in all-wrong groups, the fluent
+    failures' share of the rollouts and of each mode's positive advantage (the first batch's H6)."""
+    import torch
+    import progrs
+    from build_model import stopped_early
+
+    sm, out = st["sample"], {}
+    correct = torch.tensor(sm["correct"])
+    early = [stopped_early(p["question"], t) for p, t in zip(sm["problems"], sm["texts"])]
+    sound = [all(t and not f for t, f in map(progrs.check_equations, progrs.split_steps(x)))
+             for x, e in zip(sm["texts"], early) if e]
+    for name, sc in sm["scored"].items():
+        b = torch.tensor(sc["b"])
+        ff = progrs.fluent_failures(b, correct, torch.tensor(sc["judged"]), [])
+        aw = (correct.view(-1, G).sum(-1, keepdim=True) == 0).expand(-1, G).flatten()
+        push = {}
+        for mode in ("absolute", "progrs", "progrs-strict"):
+            for lam in lams:
+                adv = progrs.compute_advantages(correct.view(-1, G), b.view(-1, G), mode, lam)[0].flatten()
+                pos = torch.where(aw, adv.clamp(min=0), 0.0)
+                push[(mode, lam)] = (float(pos[ff].sum() / pos.sum()) if pos.sum() > 0 else None,
+                                     float(pos[ff & aw].mean()) if (ff & aw).any() else None)
+        mean = lambda m: statistics.mean(b[m].tolist()) if m.any() else math.nan  # noqa: E731
+        out[name] = dict(rate=float(ff.float().mean()), b_fluent=mean(ff), b_right=mean(correct),
+                         b_early=mean(torch.tensor(early) & ~correct), early_flagged=float(
+                             ff[torch.tensor(early)].float().mean()) if any(early) else math.nan,
+                         share_in_all_wrong=float(ff[aw].float().mean()) if aw.any() else None,
+                         push=push, ff=ff)
+    return dict(early=statistics.mean(early), early_sound=statistics.mean(sound) if sound else math.nan,
+                prm=out)
 
 
 def regime_table(stats: dict) -> list[str]:
@@ -327,6 +404,266 @@ def verdicts(regime, out, target, budget, a) -> list[str]:
     return lines + [""]
 
 
+# ---- the fluent-failure regime ----------------------------------------------------------------------
+
+def fres(res, arm, prm, lam, seed) -> dict:
+    return res[(arm, prm, None if arm == "outcome" else lam, seed)]
+
+
+def fcurve(r: dict, key: str) -> list[float]:
+    return [math.nan if e.get(key) is None else e[key] for e in r["rows"] if "eval_accuracy" in e]
+
+
+def fmean(xs) -> float:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.mean(xs) if xs else math.nan
+
+
+def mse(xs) -> tuple[float, float]:
+    """Mean and standard error over seeds of per-seed values, skipping undefined ones (NaN)."""
+    xs = [x for x in xs if not math.isnan(x)]
+    return paired(xs, [0.0] * len(xs)) if xs else (math.nan, math.nan)
+
+
+def se_txt(xs, scale=100.0, fmt="{:.1f}", star=False) -> str:
+    """mean ± standard error over seeds; * when more than 2 standard errors from zero; (n of N) when
+    some seeds have no value."""
+    m, se = mse(xs)
+    n = sum(not math.isnan(x) for x in xs)
+    return "-" if not n else (f"{fmt.format(scale * m)} ± {fmt.format(scale * se)}"
+                              + (" *" if star and beyond(m, se) else "")
+                              + (f" ({n} of {len(xs)})" if n < len(xs) else ""))
+
+
+def fluent_report(st: dict, res: dict, a, jobs: dict) -> list[str]:
+    import progrs
+
+    seeds = range(a.seeds)
+    fs = fluent_stats(st, a.lams)
+    steps = [e["step"] for e in fres(res, "outcome", a.prms[0], None, 0)["rows"] if "eval_accuracy" in e]
+    lines = [f"## Regime `fluent` ({FLUENT.relative_to(ROOT)})", "",
+             "### Its starting point: fluent failures", "",
+             f"The same sample as above. 'Stop one operation early': the completion is the right careful "
+             f"solution without its last step, answered there ({100 * fs['early']:.1f}% of rollouts; the "
+             f"rule PRM judges every step of {100 * fs['early_sound']:.1f}% of them a true equation). "
+             f"'Fluent failure' is progrs.py's gauge, with the sample's right rollouts as its pool. "
+             f"In all-wrong groups: the fluent failures' share of the rollouts, and of the positive "
+             f"advantage each mode would give this sample (its first batch's H6, lam {a.lams[0]:g}), "
+             f"with the mean positive advantage of a fluent failure there.", "",
+             "| PRM | fluent-failure rate | stopped early: flagged fluent | mean b: right / fluent failure / "
+             "stopped early (wrong) | groups all wrong | fluent share of all-wrong groups' rollouts | "
+             + " | ".join(f"{m}: share of push, mean A of a fluent failure" for m in FLUENT_SET["arms"][1:])
+             + " |", "|" + " --- |" * (6 + len(FLUENT_SET["arms"]) - 1)]
+    for name, x in fs["prm"].items():
+        push = [x["push"][(m, a.lams[0])] for m in FLUENT_SET["arms"][1:]]
+        lines.append(f"| {name} | {100 * x['rate']:.1f}% | {100 * x['early_flagged']:.1f}% | "
+                     f"{x['b_right']:.3f} / {x['b_fluent']:.3f} / {x['b_early']:.3f} | "
+                     f"{100 * st['all_wrong']:.1f}% | {100 * (x['share_in_all_wrong'] or 0):.1f}% | "
+                     + " | ".join(f"{'-' if sh is None else f'{100 * sh:.1f}%'}, {'-' if pa is None else f'{pa:+.2f}'}"
+                                  for sh, pa in push)
+                     + " |")
+    # per-evaluation curves
+    def rows_for(key, diff):
+        out = []
+        for prm in a.prms:
+            for lam in a.lams:
+                base = [fcurve(fres(res, "outcome", prm, None, s), key) for s in seeds]
+                for arm in arms_at(a, lam)[diff:]:
+                    cs = [fcurve(fres(res, arm, prm, lam, s), key) for s in seeds]
+                    cells = [se_txt([c[i] - (b[i] if diff else 0.0) for c, b in zip(cs, base)], star=diff)
+                             for i in range(len(steps))]
+                    out.append(f"| {prm} | {lam:g} | {arm} | " + " | ".join(cells) + " |")
+        return out
+    head = "| PRM | lam | arm | " + " | ".join(f"step {t}" for t in steps) + " |"
+    rule = "| --- | --- | --- |" + " --- |" * len(steps)
+    lines += ["", "### Over training", "",
+              f"Evaluations on the first {a.eval_size} test problems, {a.eval_samples} samples per problem "
+              f"at T = 1; mean ± standard error over {a.seeds} seeds (points). Outcome-only's rows repeat "
+              f"under each lam: the same runs (one per PRM; the gauge ranks by that PRM's b).", "",
+              "Sampled pass@1:", "", head, rule, *rows_for("eval_sampled_accuracy", 0), "",
+              "Sampled fluent-failure rate (eval_sampled_fluent_failure_rate):", "", head, rule,
+              *rows_for("eval_sampled_fluent_failure_rate", 0), "",
+              "Sampled fluent-failure rate minus outcome-only's, per seed (* beyond 2 standard errors):", "",
+              head, rule, *rows_for("eval_sampled_fluent_failure_rate", 1), "",
+              "Per training step, mean over steps then mean ± standard error over seeds: all-wrong groups "
+              f"of {P}, the fluent-failure rate of the rollouts, all_wrong_push_to_fluent (H6: the share of "
+              "the positive advantage in all-wrong groups that goes to fluent failures, over the steps "
+              "where it is defined), dominance violations, and wall time per run.", "",
+              "| PRM | lam | arm | all-wrong groups / step | training fluent-failure rate (%) | "
+              "H6 push to fluent failures (%) | steps with H6 defined | dominance violations / step | "
+              "wall (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    h6 = {}
+    for prm in a.prms:
+        for lam in a.lams:
+            for arm in arms_at(a, lam):
+                runs = [fres(res, arm, prm, lam, s) for s in seeds]
+                tr = [[x for x in r["rows"] if "train_accuracy" in x] for r in runs]
+                per = lambda k: [fmean(x[k] for x in t) for t in tr]  # noqa: E731
+                h6[(arm, prm, lam)] = per("all_wrong_push_to_fluent")
+                n_def = [sum(x["all_wrong_push_to_fluent"] is not None for x in t) for t in tr]
+                lines.append(f"| {prm} | {lam:g} | {arm} | {se_txt(per('groups_all_wrong'), 1, '{:.2f}')} | "
+                             f"{se_txt(per('fluent_failure_rate'))} | "
+                             f"{se_txt(h6[(arm, prm, lam)])}"
+                             f" | {statistics.mean(n_def):.1f} | {se_txt(per('dominance_violations'), 1, '{:.2f}')}"
+                             f" | {se_txt([r['wall_s'] for r in runs], 1, '{:.0f}')} |")
+    return lines + fluent_verdicts(res, a, fs, h6, steps) + teaching_groups(res, a, fs, st, jobs, h6)
+
+
+def fluent_verdicts(res, a, fs, h6, steps) -> list[str]:
+    seeds = range(a.seeds)
+    lines = ["", "### Hypotheses, regime `fluent`", ""]
+
+    def rise(arm, prm, lam):  # the evaluation (after step 0) with the largest mean paired difference
+        d = [[x - y for x, y in zip(fcurve(fres(res, arm, prm, lam, s), "eval_sampled_fluent_failure_rate"),
+                                    fcurve(fres(res, "outcome", prm, None, s),
+                                           "eval_sampled_fluent_failure_rate"))] for s in seeds]
+        best = max(range(1, len(steps)), key=lambda i: fmean(x[i] for x in d))
+        return (steps[best], *mse([x[best] for x in d]))
+
+    def end(arm, prm, lam):  # final sampled pass@1 minus outcome-only's, per seed
+        return paired([fcurve(fres(res, arm, prm, lam, s), "eval_sampled_accuracy")[-1] for s in seeds],
+                      [fcurve(fres(res, "outcome", prm, None, s), "eval_sampled_accuracy")[-1] for s in seeds])
+
+    def noise(m, se):
+        return f"{100 * m:+.1f} ± {100 * se:.1f} points, " + (
+            ("higher" if m > 0 else "lower") + " beyond noise" if beyond(m, se) else "within noise")
+
+    for prm in a.prms:
+        for lam in a.lams:
+            t_a, m_a, se_a = rise("absolute", prm, lam)
+            h4 = m_a >= 0.05 and m_a > 2 * se_a
+            lines.append(f"- **H4 ({prm} PRM, lam {lam:g}): {'supported' if h4 else 'not supported'}.** "
+                         f"The absolute blend's largest excess of sampled fluent-failure rate over "
+                         f"outcome-only: {100 * m_a:+.1f} ± {100 * se_a:.1f} points at step {t_a} (bar: at "
+                         f"least +5.0 and beyond 2 standard errors). Its final sampled pass@1 against "
+                         f"outcome-only's (own verdict): {noise(*end('absolute', prm, lam))}.")
+            for arm in [x for x in ("progrs", "progrs-strict") if x in arms_at(a, lam)]:
+                t_p, m_p, se_p = rise(arm, prm, lam)
+                e = end(arm, prm, lam)
+                keeps = not (e[0] < 0 and beyond(*e))
+                if not h4:
+                    v = "not testable (the absolute blend amplified nothing to contain)"
+                else:
+                    v = "supported" if m_p <= m_a / 3 and keeps else "not supported"
+                lines.append(f"- **H5 ({arm}{'' if arm == 'progrs' else ', reported beside progrs'}, {prm} "
+                             f"PRM, lam {lam:g}): {v}.** Its largest rise over outcome-only: "
+                             f"{100 * m_p:+.1f} ± {100 * se_p:.1f} points at step {t_p}, against a third of "
+                             f"absolute's, {100 * m_a / 3:+.1f}; "
+                             f"{'within' if m_p <= m_a / 3 else 'above'} it. Final sampled pass@1 against "
+                             f"outcome-only's: {noise(*e)}"
+                             f"{'' if keeps else ' (fails the pass@1 part)'}.")
+    for prm in a.prms:
+        ref = fs["prm"][prm]["share_in_all_wrong"]
+        for lam in a.lams:
+            said = []
+            for arm in arms_at(a, lam)[1:]:
+                xs = h6[(arm, prm, lam)]
+                said.append(f"{arm} " + ("never defined" if all(map(math.isnan, xs)) else se_txt(xs) + "%"))
+            m, se = mse(h6[("progrs", prm, lam)])
+            ok = ref is not None and m - ref > 2 * se
+            lines.append(f"- **H6 ({prm} PRM, lam {lam:g}): {'supported' if ok else 'not supported'}.** "
+                         f"Share of the positive advantage in all-wrong groups that went to fluent failures, "
+                         f"mean over training steps, mean ± standard error over seeds: {'; '.join(said)} "
+                         f"(outcome-only gives all-wrong groups none). Reference: fluent failures are "
+                         f"{100 * (ref or 0):.1f}% of the rollouts in all-wrong groups at the starting "
+                         f"point; progrs favours them if its share exceeds that by more than 2 standard "
+                         f"errors.")
+    return lines + [""]
+
+
+def teaching_groups(res, a, fs, st, jobs, h6) -> list[str]:
+    """A group where progrs contains a fluent failure (from the runs' logs: the first teaching table of a
+    progrs run, lam and PRM in the listed order, with a right rollout above every fluent one), and one
+    where it does not (from the starting point's sample: the all-wrong group in which a fluent failure
+    gets the largest positive advantage under progrs at the first lam)."""
+    import re
+    import torch
+    import progrs
+
+    row = re.compile(r"^\s*(yes|no\*|no) .*?(-?\d+\.\d\d)\s+([+-]\d+\.\d\d)\s+([+-]\d+\.\d\d)\s+"
+                     r"([+-]\d+\.\d\d)  ")
+    lines, found = ["### Teaching groups", ""], None
+    for lam in a.lams:
+        for prm in a.prms:
+            for s in range(a.seeds):
+                folder = jobs[("progrs", prm, lam, s)][0]
+                text = (folder / "log.txt").read_text().splitlines()
+                for i, x in enumerate(text):
+                    if found or not x.startswith("question:"):
+                        continue
+                    table = text[i:i + 2 + G + 1][:2 + G]
+                    rows = [row.match(y) for y in table[2:]]
+                    if not all(rows):
+                        continue
+                    yes = [float(m.group(5)) for m in rows if m.group(1) == "yes"]
+                    flu = [float(m.group(5)) for m in rows if m.group(1) == "no*"]
+                    if yes and flu and min(yes) > max(flu):
+                        step = next((y for y in reversed(text[:i]) if y.startswith("step ")), "step 0:")
+                        legend = text[i + 2 + G:i + 3 + G]
+                        found = (folder, step.split(":")[0],
+                                 "\n".join(table + [x for x in legend if x.startswith("no* =")]))
+    if found:
+        folder, step, table = found
+        lines += [f"Contained: the first teaching table of a progrs run with a fluent failure (no*) and a "
+                  f"right rollout, in which every right rollout's A is above every fluent one's. From "
+                  f"`{folder}/log.txt`, the table logged at {step}:", "", "```", table.rstrip(), "```", ""]
+    else:
+        lines += ["Contained: no teaching table in the progrs runs' logs shows a fluent failure beside a "
+                  "right rollout.", ""]
+    sm, lam = st["sample"], a.lams[0]
+    for prm in a.prms:
+        sc, ff = sm["scored"][prm], fs["prm"][prm]["ff"].view(-1, G)
+        correct, b = torch.tensor(sm["correct"]).view(-1, G), torch.tensor(sc["b"]).view(-1, G)
+        adv, a_out, bonus = progrs.compute_advantages(correct, b, "progrs", lam)
+        cand = [(float(adv[g][ff[g]].max()), g) for g in range(len(b))
+                if not correct[g].any() and ff[g].any() and adv[g][ff[g]].max() == adv[g].max() > 0]
+        if not cand:
+            lines += [f"Not contained ({prm} PRM): no all-wrong group of the starting point's sample gives "
+                      f"a fluent failure the largest positive advantage.", ""]
+            continue
+        g = max(cand)[1]
+        sl = slice(g * G, (g + 1) * G)
+        one = dict(correct=correct[g:g + 1], b_grid=b[g:g + 1], bonus=bonus[g:g + 1], a_out=a_out[g:g + 1],
+                   adv=adv[g:g + 1], fluent=ff[g:g + 1], texts=sm["texts"][sl], step_scores=sc["step_scores"][sl])
+        lines += [f"Not contained ({prm} PRM): the all-wrong group of the starting point's sample "
+                  f"({len(cand)} such groups of {len(b)}) in which a fluent failure gets the largest positive "
+                  f"advantage under progrs at lam {lam:g}, as its first update would see it (progrs.py's "
+                  f"teaching view; the fluent marks use the sample's right rollouts as the pool):", "",
+                  "```", progrs.teaching_view(one, [sm["problems"][g * G]]), "```", ""]
+    return lines
+
+
+def fluent_plot(res: dict, a, path: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"compare.py: matplotlib is not installed; skipping {path.name} (pip install matplotlib)")
+        return
+    cells = [(prm, lam) for prm in a.prms for lam in a.lams]
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.6 * len(cells), 8), squeeze=False)
+    for col, (prm, lam) in enumerate(cells):
+        for row, (key, label) in enumerate((("eval_sampled_fluent_failure_rate", "fluent-failure rate"),
+                                            ("eval_sampled_accuracy", "pass@1"))):
+            ax = axes[row][col]
+            for arm in arms_at(a, lam):
+                runs = [fres(res, arm, prm, lam, s) for s in range(a.seeds)]
+                x = [e["step"] * P * G for e in runs[0]["rows"] if "eval_accuracy" in e]
+                ys = [[100 * y for y in fcurve(r, key)] for r in runs]
+                mean = [fmean(v) for v in zip(*ys)]
+                se = [mse(v)[1] for v in zip(*ys)]
+                ax.plot(x, mean, marker="o", ms=3, label=arm, ls="--" if "strict" in arm else "-")
+                ax.fill_between(x, [u - d for u, d in zip(mean, se)], [u + d for u, d in zip(mean, se)],
+                                alpha=0.12)
+            ax.set(xlabel="rollouts", ylabel=f"sampled {label} (%)", title=f"{prm} PRM, lam {lam:g}")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 # ---- plots ------------------------------------------------------------------------------------------
 
 def plot(regime: str, res: dict, a, path: Path):
@@ -377,23 +714,35 @@ def plot(regime: str, res: dict, a, path: Path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regime", default="both", choices=["both", *REGIMES], help="which warm start(s)")
-    p.add_argument("--steps", type=int, default=12, help="policy updates per run")
-    p.add_argument("--eval-every", type=int, default=3, help="steps between evaluations")
-    p.add_argument("--eval-size", type=int, default=200, help="the first N test problems")
-    p.add_argument("--eval-samples", type=int, default=4, help="samples per problem for sampled pass@1")
+    p.add_argument("--regime", default="both", choices=["both", *REGIMES, "fluent"],
+                   help="which warm start(s); fluent: the fluent-failure comparison (results_fluent.md)")
+    p.add_argument("--steps", type=int, help="policy updates per run (12; fluent: %d)" % FLUENT_SET["steps"])
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (3; fluent: %d)"
+                   % FLUENT_SET["eval_every"])
+    p.add_argument("--eval-size", type=int, help="the first N test problems (200; fluent: %d)"
+                   % FLUENT_SET["eval_size"])
+    p.add_argument("--eval-samples", type=int, help="samples per problem for sampled pass@1 (4; fluent: "
+                   "%d)" % FLUENT_SET["eval_samples"])
     p.add_argument("--lam", type=float, default=1.0, help="weight of the process bonus")
-    p.add_argument("--seeds", type=int, default=3, help="N: seeds 0 .. N-1")
+    p.add_argument("--lams", default=",".join(map(str, FLUENT_SET["lams"])),
+                   help="fluent regime only: the weights of the process bonus, comma-separated")
+    p.add_argument("--seeds", type=int, help="N: seeds 0 .. N-1 (3; fluent: %d)" % FLUENT_SET["seeds"])
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--out", default=str(ROOT / "out" / "compare"), help="where the runs go")
-    p.add_argument("--arms", default=",".join(ARMS),
-                   help=f"comma-separated, some of {', '.join(ARMS)} (outcome always runs)")
+    p.add_argument("--arms", help=f"comma-separated, some of {', '.join(ARMS)} (outcome always runs; "
+                   f"default all; fluent: {','.join(FLUENT_SET['arms'])})")
     p.add_argument("--prms", default=",".join(PRMS), help="rule, learned or both")
     p.add_argument("--tag", default="", help="an exploratory follow-up: write results_TAG.md, marked "
                    "as added after the pre-registered results, instead of results.md")
     a = p.parse_args()
+    fixed = FLUENT_SET if a.regime == "fluent" else \
+        dict(steps=12, eval_every=3, eval_size=200, eval_samples=4, seeds=3, arms=list(ARMS))
+    for k, v in fixed.items():
+        if getattr(a, k, None) is None:
+            setattr(a, k, ",".join(v) if k == "arms" else v)
     a.arms = ["outcome", *[x for x in a.arms.split(",") if x != "outcome"]]
     a.prms = a.prms.split(",")
+    a.lams = [float(x) for x in a.lams.split(",")]
     for flag, xs, known in (("--arms", a.arms, ARMS), ("--prms", a.prms, PRMS)):
         if not set(xs) <= set(known):
             p.error(f"{flag}: unknown {sorted(set(xs) - set(known))}; expected some of {list(known)}")
@@ -402,19 +751,21 @@ def main():
     import torch
 
     regimes = list(REGIMES) if a.regime == "both" else [a.regime]
+    models = {**REGIMES, "fluent": FLUENT}
     problems = progrs.load_problems(HERE / "test.jsonl")[:a.eval_size]
     torch.set_num_threads(a.jobs)
-    stats = {r: regime_stats(REGIMES[r], problems) for r in regimes}
+    stats = {r: regime_stats(models[r], problems) for r in regimes}
     t_stats = time.perf_counter() - t0
     torch.set_num_threads(1)
 
-    jobs = {(r, *k): v for r in regimes for k, v in arm_runs(a).items()}
-    jobs = {k: ["--model", str(REGIMES[k[0]]), *v] for k, v in jobs.items()}
-    order = sorted(jobs, key=lambda k: k[2] != "learned")  # the slower learned-PRM runs first
-    with ThreadPoolExecutor(a.jobs) as pool:
-        futures = {k: pool.submit(run, Path(a.out) / k[0] / f"{k[1]}-{k[2]}-seed{k[3]}",
-                                  jobs[k]) for k in order}
-        res = {k: f.result() for k, f in futures.items()}
+    if a.regime == "fluent":
+        jobs = {k: (Path(a.out) / "fluent" / "-".join([k[0], k[1], *([f"lam{k[2]:g}"] if k[2] else []),
+                                                       f"seed{k[3]}"]), ["--model", str(FLUENT), *v])
+                for k, v in fluent_runs(a).items()}
+    else:
+        jobs = {(r, *k): (Path(a.out) / r / f"{k[0]}-{k[1]}-seed{k[2]}", ["--model", str(REGIMES[r]), *v])
+                for r in regimes for k, v in arm_runs(a).items()}
+    res = run_all(jobs, a)
     wall = time.perf_counter() - t0
 
     command = " ".join(["python tiny_task/compare.py", *sys.argv[1:]])
@@ -435,7 +786,11 @@ def main():
             f"{len(problems)} test problems x {G} samples at T = 1 from each warm start, before any "
             "training. The rule PRM is read at tau 0.1, the learned one at tau 0.5, as in the runs.", "",
             *regime_table(stats), ""]
-    for r in regimes:
+    if a.regime == "fluent":
+        png = f"{stem}_fluent.png" if not a.tag else f"{stem}.png"
+        body += fluent_report(stats["fluent"], res, a, jobs) + [f"![fluent]({png})", ""]
+        fluent_plot(res, a, HERE / png)
+    for r in regimes if a.regime != "fluent" else ():
         sub = {k[1:]: v for k, v in res.items() if k[0] == r}
         png = f"{stem}.png" if a.tag and len(regimes) == 1 else f"{stem}_{r}.png"
         body += regime_report(r, sub, a) + [f"![{r}]({png})", ""]
@@ -443,11 +798,12 @@ def main():
     if a.tag:
         path = HERE / f"{stem}.md"
         head = (f"# Exploratory: `{command}`\n\nAdded after the pre-registered results in "
-                "tiny_task/results.md were seen; not part of the pre-registered tests. The verdict lines "
+                f"tiny_task/results{'_fluent' if a.regime == 'fluent' else ''}.md were seen; not part of the pre-registered tests. The verdict lines "
                 "apply the pre-registered rules to these runs.\n\n")
     else:
         path = HERE / ("results.md" if a.regime == "both" else f"results_{a.regime}.md")
-        head = (HERE / "results.md").read_text().split(HEAD_END)[0]
+        head = (HERE / ("results_fluent.md" if a.regime == "fluent" else "results.md")).read_text()
+        head = head.split(HEAD_END)[0]
     path.write_text(head + "\n".join(body) + "\n")
     print("\n".join(body))
     print(f"wrote {path.relative_to(ROOT)} in {wall / 60:.1f} minutes")
