@@ -6,9 +6,10 @@ the same verifier, PRM, coherence score, outcome-conditioned centering, modes an
 nothing itself: every number comes from progrs.py, so this file and progrs.py cannot drift apart.
 Copy this file next to progrs.py (it needs `import progrs`). Written against trl==1.16.0.
 
+    import progrs
     from trl import GRPOConfig
     from trl_progrs import ProgrsGRPOTrainer, progrs_dataset
-    trainer = ProgrsGRPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", args=GRPOConfig(...),
+    trainer = ProgrsGRPOTrainer(model="Qwen/Qwen2.5-0.5B", args=GRPOConfig(...),
                                 train_dataset=progrs_dataset(progrs.load_problems("train.jsonl")),
                                 prm=progrs.ToyPRM(), mode="progrs", lam=1.0)
     trainer.train()
@@ -20,9 +21,10 @@ Where PROGRS meets TRL (trl 1.16.0, GRPOTrainer._generate_and_score_completions)
      *every* process, gathered in process order. We return two columns, "correct" and "b", which is
      also what TRL logs as rewards/correct/mean and rewards/b/mean.
   3. TRL then computes its own advantages, (r - mean) / (std + 1e-4) per group with the sample std
-     (scale_rewards="group"), and keeps this process's slice. We replace them: progrs.compute_advantages
-     on the gathered (P, G) grid (population std, eps 1e-6), then the same slice. Gathering first is what makes a split group right: centering needs the mean b of
-     all the group's wrong completions, and A_out needs the whole group's outcomes.
+     (scale_rewards="group"), and keeps this process's slice. We replace them with
+     progrs.compute_advantages on the gathered (P, G) grid (population std, eps 1e-6), then take the
+     same slice. Gathering first is what makes a split group right: centering needs the mean b of all
+     the group's wrong completions, and A_out needs the whole group's outcomes.
   4. TRL's loss then uses these advantages unchanged. With loss_type="dapo" (the default), beta=0,
      num_iterations=1 and the same temperature, its gradient is progrs.py's update gradient
      (tiny_task/trl.md says which settings and how close).
@@ -99,7 +101,7 @@ class ProgrsGRPOTrainer(GRPOTrainer):
         correct, b = self._progrs_scores.unbind(-1)                                  # (N,) each
         # progrs's formula, not TRL's: progrs divides by the population std + progrs.ADV_EPS (1e-6),
         # TRL by the sample std + 1e-4, which makes A_out ~6% smaller at G = 8 (sqrt(7/8)) and, with
-        # one right answer in 8, another ~3e-4 smaller. TRL's scale_rewards setting never applies.
+        # one right answer in 8, another 3e-4 (relative) smaller. TRL's scale_rewards never applies.
         adv, _, _ = progrs.compute_advantages(correct.bool().view(-1, G), b.view(-1, G),
                                               self.progrs_mode, self.lam)            # (N/G, G)
         adv = adv.flatten()                                                          # (N,)
