@@ -67,7 +67,7 @@ ARMS = {"outcome": ["--mode", "outcome"],
         "progrs-strict": ["--mode", "progrs-strict"]}
 P, G = 16, 8                 # prompts per step, rollouts per prompt
 # the fluent-failure comparison's fixed settings, registered in the head of results_fluent.md
-FLUENT_SET = dict(steps=12, eval_every=2, eval_size=100, eval_samples=3, seeds=5, lams=(1.0, 2.0),
+FLUENT_SET = dict(steps=12, eval_every=3, eval_size=100, eval_samples=2, seeds=5, lams=(1.0, 2.0),
                   arms=["outcome", "absolute", "progrs", "progrs-strict"],
                   drop=[("progrs-strict", 2.0)])   # to fit 60 minutes on a shared 2-core machine
 
@@ -752,7 +752,8 @@ def main():
 
     regimes = list(REGIMES) if a.regime == "both" else [a.regime]
     models = {**REGIMES, "fluent": FLUENT}
-    problems = progrs.load_problems(HERE / "test.jsonl")[:a.eval_size]
+    # the starting points: the evaluation problems (the fluent regime: the first 200, as its head)
+    problems = progrs.load_problems(HERE / "test.jsonl")[:200 if a.regime == "fluent" else a.eval_size]
     torch.set_num_threads(a.jobs)
     stats = {r: regime_stats(models[r], problems) for r in regimes}
     t_stats = time.perf_counter() - t0
