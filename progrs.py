@@ -13,26 +13,21 @@ rank wrong answers against each other but can never lift wrong answers as a clas
     python progrs.py --model Qwen/Qwen2.5-0.5B-Instruct --chat
     pytest test_progrs.py
 
-Read it top to bottom: the PROGRS idea as pure functions first (centering, advantages, coherence, the
-fluent-failure gauge), then the pipeline in the order data flows: flags -> data -> prompt -> verifier
--> steps -> toy PRM -> learned PRMs -> rollouts -> loss -> training loop -> main.
+Read it top to bottom: the PROGRS idea as pure functions first, then the pipeline as data flows.
 
 The paper's (arXiv 2604.02341; only its abstract is public): GRPO with verifiable outcome rewards and a
-step-level PRM, the outcome kept in charge; outcome-conditioned centering of PRM scores among incorrect
-rollouts within each group; a frozen quantile-regression PRM (per-step quantiles of success
-probability); a multi-scale coherence score over windows of step scores, mu * exp(-lam_var * sigma / mu).
-Our reading, where the abstract is silent (marked "our reading" where it is coded):
-  - A = A_out + lam * c: GRPO's outcome advantage plus the centered bonus; right rollouts keep b.
-  - The verified answer is the first committed answer line; decoding stops there.
-  - Steps are the non-empty lines before it; windows slide over 2 and 4 judged steps; none gives b = 0.
-  - The default PRM is a toy that checks each step's arithmetic; learned PRMs plug in behind the same
-    interface. The toy PRM is read at its lowest quantile (tau = 0.1): a pessimistic PRM.
-  - --mode progrs-strict: right rollouts' scores are centred among themselves too.
+step-level PRM, the outcome in charge; outcome-conditioned centering among incorrect rollouts in each
+group; a frozen quantile-regression PRM; multi-scale coherence, mu * exp(-lam_var * sigma / mu).
+Our reading, where it is silent (marked "our reading" where it is coded): A = A_out + lam * c, right
+rollouts keep b; the verified answer is the first committed answer line, and decoding stops there;
+steps are the lines before it; windows slide over 2 and 4 judged steps; no judged step gives b = 0; the
+default PRM is a toy that checks each step's arithmetic, read at its lowest quantile (tau 0.1), and
+learned PRMs plug in behind the same interface; --mode progrs-strict centres right rollouts too.
 Left out: a value network; a reference-model KL by default (--kl-coef); more than one policy update per
 batch by default (--ppo-epochs > 1 turns on the clipped ratio).
 """
-import argparse, ast, collections, contextlib, copy, functools, hashlib, json, math, os, random, re, shutil
-import sys, time
+import argparse, ast, collections, contextlib, copy, functools, hashlib, itertools, json, math, os, random, re
+import shutil, sys, tempfile, time
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -43,9 +38,8 @@ import torch.utils.checkpoint
 
 # ----------------------------------------------------------------------------------------------------
 # The PROGRS idea, as pure functions of (P, G) tensors: P prompts, G rollouts each (torch only)
-#
-# Each rollout has an outcome r in {0, 1} from the verifier and a process score b in [0, 1] from the
-# PRM (its step scores combined by coherence_score, below). The advantage of rollout j of prompt i:
+# Each rollout has an outcome r in {0, 1} (the verifier) and a process score b in [0, 1] (the PRM's step
+# scores, combined by coherence_score). The advantage of rollout j of prompt i:
 #     A_out_ij = (r_ij - mean_j r_i) / (std_j r_i + eps)    GRPO's outcome advantage (population std)
 #     c_ij     = b_ij - mean{ b_ik : r_ik = 0 }   if r_ij = 0        the centered bonus
 #     c_ij     = b_ij                             if r_ij = 1        (our reading: right ones keep b)
@@ -53,7 +47,6 @@ import torch.utils.checkpoint
 
 def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """Shift the process scores of each group's incorrect rollouts to zero mean.
-
     scores:  (P, G) float, one process score per rollout (P prompts, G rollouts each; any leading
              shape works, groups are along the last dim).
     correct: (P, G) bool (or 0/1), the verified outcome of each rollout.
@@ -63,7 +56,6 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
     Rows with no incorrect rollout are unchanged; a single incorrect rollout gets 0; the sum is taken
     in at least float32, so half-precision scores do not overflow. Among incorrect rollouts the PRM's
     ranking survives, but their bonuses average to 0, so the PRM cannot lift wrong answers as a class.
-
     >>> s = torch.tensor([[0.9, 0.2, 0.6, 0.4]]); ok = torch.tensor([[True, False, False, False]])
     >>> outcome_conditioned_centering(s, ok)
     tensor([[ 0.9000, -0.2000,  0.2000,  0.0000]])
@@ -78,21 +70,16 @@ ADV_EPS = 1e-6
 
 def group_normalize(rewards: torch.Tensor, eps: float = ADV_EPS) -> torch.Tensor:
     """(r - mean) / (std + eps) within each row: (P, G) -> (P, G). Uniform rows give 0."""
-    mean = rewards.mean(-1, keepdim=True)
-    std = rewards.std(-1, keepdim=True, correction=0)
-    return (rewards - mean) / (std + eps)
+    return (rewards - rewards.mean(-1, keepdim=True)) / (rewards.std(-1, keepdim=True, correction=0) + eps)
 
 def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: float):
     """(P, G) outcomes and process scores -> (advantages A, A_out, centered bonus c), each (P, G).
 
-    progrs:        A = A_out + lam * c. A group whose rollouts share one outcome has A_out = 0 and
-                   learns only from c: all wrong -> which wrong answers had better steps; all right
-                   -> a push towards every rollout, more for sounder steps.
-    outcome:       A = A_out, plain GRPO (b is computed and logged, not used).
-    absolute:      the naive blend the paper warns against: reward r + lam * b, group-normalised, so
-                   a wrong answer with fluent steps can out-score a right one.
-    progrs-strict: a stricter reading (ours): right rollouts are centred among themselves too, so the
-                   PRM only orders rollouts within each outcome class.
+    progrs: A = A_out + lam * c; a group sharing one outcome has A_out = 0 and learns from c alone (all
+    wrong: which wrong answers had better steps; all right: a push to each, more for sounder steps).
+    outcome: plain GRPO. absolute: the naive blend the paper warns against, r + lam * b normalised, so a
+    wrong answer with fluent steps can out-score a right one. progrs-strict (our stricter reading): right
+    rollouts are centred among themselves too, so the PRM only orders rollouts within an outcome class.
 
     A mixed group, an all-wrong group and an all-right group (G = 4, lam = 1):
     >>> ok = torch.tensor([[True, False, False, False], [False] * 4, [True] * 4])
@@ -111,66 +98,37 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
      [ 0.3  -0.1  -0.1  -0.1 ]
      [ 0.6   0.6   0.3   0.3 ]]
     """
-    r = correct.float()
+    r, bonus = correct.float(), outcome_conditioned_centering(b, correct)
     a_out = group_normalize(r)
-    bonus = outcome_conditioned_centering(b, correct)
-    if mode == "progrs":
-        adv = a_out + lam * bonus
-    elif mode == "outcome":
-        adv = a_out
-    elif mode == "absolute":
-        adv = group_normalize(r + lam * b)
-    elif mode == "progrs-strict":
-        # the same centering with the roles swapped centres the right rollouts among themselves
+    if mode == "progrs-strict":  # the same centering, roles swapped, centres the right rollouts too
         bonus = torch.where(correct.bool(), outcome_conditioned_centering(b, ~correct.bool()), bonus)
-        adv = a_out + lam * bonus
-    else:
-        raise ValueError(f"unknown mode {mode!r}")
+    adv = {"progrs": a_out + lam * bonus, "progrs-strict": a_out + lam * bonus, "outcome": a_out,
+           "absolute": group_normalize(r + lam * b)}[mode]
     return adv, a_out, bonus
 
-# Dominance. In a mixed group with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1/(std + eps)
-# with std = sqrt(p(1-p)), while the bonuses differ by at most lam * (n_wrong - 1)/n_wrong (b in
-# [0, 1]; a right bonus is >= 0, a centered wrong one < 1). So progrs keeps every right rollout above
-# every wrong one in its group whenever lam < max_dominant_lam(G) (2.58 for G = 8; > 2 for any G).
+# Dominance: with k of G right, A_out(right) - A_out(wrong) = 1 / (sqrt(p(1-p)) + eps), p = k/G, while
+# bonuses differ by less than lam * (n_wrong - 1) / n_wrong, so lam < max_dominant_lam(G) (2.58 at G = 8)
+# keeps every right rollout above every wrong one in its group.
 
 def max_dominant_lam(group_size: int, eps: float = ADV_EPS) -> float:
     """The largest lam for which progrs keeps every right rollout above every wrong one (b in [0,1])."""
-    bound = math.inf
-    for k in range(1, group_size - 1):  # k right, n = G - k >= 2 wrong
-        p, n = k / group_size, group_size - k
-        bound = min(bound, (1 / (math.sqrt(p * (1 - p)) + eps)) / ((n - 1) / n))
-    return bound
+    G = group_size  # k right and n = G - k >= 2 wrong: the outcome gap over the largest bonus gap
+    gaps = ((1 / (math.sqrt(k / G * (1 - k / G)) + eps)) / ((G - k - 1) / (G - k)) for k in range(1, G - 1))
+    return min(gaps, default=math.inf)
 
 def dominance_violations(adv: torch.Tensor, correct: torch.Tensor) -> int:
     """Pairs (right i, wrong j) in the same group with A_j >= A_i."""
-    ok = correct.bool()
-    pair = ok.unsqueeze(-1) & ~ok.unsqueeze(-2)                              # (P, G_i, G_j)
+    pair = correct.bool().unsqueeze(-1) & ~correct.bool().unsqueeze(-2)      # (P, G_i, G_j)
     return int((pair & (adv.unsqueeze(-2) >= adv.unsqueeze(-1))).sum())
 
-def control_bonus(b: torch.Tensor, control: str, rng: torch.Generator | None = None) -> torch.Tensor:
-    """--bonus-control, for experiments: `shuffle` permutes b within each group (the same values, no
-    link to the rollouts), `constant` gives every rollout the step's mean b (the offsets alone)."""
-    if control == "shuffle":
-        return b.gather(-1, torch.rand(b.shape, generator=rng).argsort(-1))   # a permutation per group
-    if control == "constant":
-        return torch.full_like(b, float(b.mean()))
-    return b
-
-# Coherence: the process score b of one rollout, from its step scores s_1..s_S (one PRM quantile per
-# step). For each window size W: every run of W consecutive steps (sliding; our reading) gives
-#     r_coh = mu * exp(-lam_var * sigma / mu)        (mu, sigma: mean and std in the window)
-# and the scale's score is the mean over its windows; b is the mean over scales. Fewer steps than W:
-# the whole sequence is one window. A steady run of good steps keeps b near mu; a run that swings
-# between confident and doubtful steps is discounted. Scores are clipped to [0, 1], so b is in [0, 1];
-# mu = 0 gives 0 (the limit); steps the PRM gives NaN (no opinion) are dropped first; no judged step
-# gives b = 0 (no process evidence, no process credit; our reading).
+# Coherence: b = the mean over window sizes W of the mean over sliding windows (our reading) of W
+# consecutive step scores of r_coh = mu * exp(-lam_var * sigma / mu). Steady good steps keep b near mu;
+# swings are discounted. Unjudged steps (NaN) are dropped; none left gives b = 0 (our reading).
 
 def coherence_score(step_scores, windows=(2, 4), lam_var: float = 1.0) -> float:
     s = torch.as_tensor(step_scores, dtype=torch.float64).reshape(-1)                  # (S,)
-    s = s[~torch.isnan(s)].clamp(0.0, 1.0)
-    if s.numel() == 0:
-        return 0.0
-    per_scale = []
+    s, per_scale = s[~torch.isnan(s)].clamp(0.0, 1.0), []
+    if s.numel() == 0: return 0.0
     for w in windows:
         win = s.unfold(0, min(w, s.numel()), 1)                                       # (S - W + 1, W)
         mu, sigma = win.mean(-1), win.std(-1, correction=0)
@@ -178,142 +136,107 @@ def coherence_score(step_scores, windows=(2, 4), lam_var: float = 1.0) -> float:
         per_scale.append(r.mean())
     return float(torch.stack(per_scale).mean())
 
-# Fluent failures: the gauge to watch for PRM hacking. A rollout is a fluent failure when its answer
-# is wrong although the PRM rates it like a right one: it has at least one judged step and its b
-# reaches the median b of right rollouts (this batch's and the run's last FLUENT_POOL right training
-# rollouts). A rank against the PRM's own scores, so it does not depend on the PRM's scale, and it
-# stays defined in a step with no right rollout; it is None until a right rollout has been seen.
+# Fluent failures, the gauge to watch for PRM hacking: wrong rollouts the PRM rates like right ones, with
+# a judged step and a b that reaches the median b of right rollouts (this batch's and the run's last
+# FLUENT_POOL right training rollouts). A rank, so independent of the PRM's scale, and defined in a step
+# with no right rollout; None until a right rollout has been seen.
 
 FLUENT_POOL = 256
 
 def fluent_failures(b, correct, judged, right_b) -> torch.Tensor | None:
     """(N,) process scores, outcomes, has-a-judged-step, and the reference pool of right b's ->
     (N,) bool: wrong rollouts whose b reaches the pool's median (None for an empty pool).
-
     >>> fluent_failures(torch.tensor([0.9, 0.7, 0.5, 0.0]), torch.tensor([True, False, False, False]),
     ...                 torch.tensor([True, True, True, False]), [0.6, 0.7])
     tensor([False,  True, False, False])
     """
     pool = torch.tensor(list(right_b) + b[correct.bool()].tolist(), dtype=torch.float32)
-    if pool.numel() == 0:
-        return None
-    return ~correct.bool() & judged.bool() & (b.float() >= pool.quantile(0.5))
-
+    return ~correct.bool() & judged.bool() & (b.float() >= pool.quantile(0.5)) if pool.numel() else None
 
 # ----------------------------------------------------------------------------------------------------
-# Flags: every knob and its default in one place. Size-dependent defaults are filled in once the
-# model is loaded: the tiny CPU model on its own task, or an LLM (>= 50M parameters) on GSM8K.
+# Flags: every knob in one place. Pairs of defaults are (tiny model on its own task, LLM on GSM8K).
 
 HERE = Path(__file__).resolve().parent
-TINY_TASK = HERE / "tiny_task"
-TINY_MAX_PARAMS = 50_000_000
-SIZE_DEFAULTS = {
-    "tiny": dict(data=str(TINY_TASK / "train.jsonl"), eval_data=str(TINY_TASK / "test.jsonl"),
-                 steps=60, prompts_per_step=16, max_new_tokens=64, lr=1e-4, micro_batch=128,
-                 eval_every=20, eval_size=0, eval_batch=256),
-    "llm": dict(data="gsm8k", eval_data="gsm8k", steps=200, prompts_per_step=16, max_new_tokens=512,
-                lr=1e-6, micro_batch=8, eval_every=25, eval_size=500, eval_batch=64),
-}
-
-# (group, flag, type or choices, default, help, the check it must pass). A default of None is chosen
-# from the model's size; --help shows both.
-FLAGS = [
+TINY_TASK, TINY_MAX_PARAMS = HERE / "tiny_task", 50_000_000
+TINY_DATA = (str(TINY_TASK / "train.jsonl"), str(TINY_TASK / "test.jsonl"))
+FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM default), help, check)
     ("model", "--model", str, str(TINY_TASK / "model"), "local folder or hub id", None),
     ("model", "--device", str, "auto", "auto | cpu | cuda | cuda:N", None),
-    ("model", "--dtype", ["auto", "fp32", "bf16"], "auto", "bf16 autocasts over fp32 weights (auto: on cuda)", None),
+    ("model", "--dtype", ["auto", "fp32", "bf16"], "auto", "bf16 autocast (auto: on cuda)", None),
     ("model", "--chat", bool, False, "wrap prompts in the tokenizer's chat template", None),
-    ("data", "--data", str, None, "train prompts: a JSONL file or `gsm8k`", None),
-    ("data", "--eval-data", str, None, "eval problems: a JSONL file or `gsm8k`", None),
-    ("data", "--eval-size", int, None, "eval problems (0: all)", ">= 0"),
-    ("data", "--eval-every", int, None, "steps between evals", ">= 1"),
+    ("data", "--data", str, (TINY_DATA[0], "gsm8k"), "train prompts: a JSONL file or `gsm8k`", None),
+    ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: a JSONL file or `gsm8k`", None),
+    ("data", "--eval-size", int, (0, 500), "eval problems (0: all)", ">= 0"),
+    ("data", "--eval-every", int, (20, 25), "steps between evals", ">= 1"),
     ("data", "--eval-samples", int, 0, "K > 0: also sampled pass@1, K samples per problem", ">= 0"),
-    ("data", "--eval-batch", int, None, "rows per eval batch (problems x samples)", ">= 1"),
-    ("rollouts", "--steps", int, None, "policy updates", ">= 1"),
-    ("rollouts", "--prompts-per-step", int, None, "P: prompts per step", ">= 1"),
+    ("data", "--eval-batch", int, (256, 64), "rows per eval batch (problems x samples)", ">= 1"),
+    ("rollouts", "--steps", int, (60, 200), "policy updates", ">= 1"),
+    ("rollouts", "--prompts-per-step", int, (16, 16), "P: prompts per step", ">= 1"),
     ("rollouts", "--group-size", int, 8, "G: rollouts per prompt (GRPO needs a group to compare)", ">= 2"),
-    ("rollouts", "--max-new-tokens", int, None, "completion length cap", ">= 1"),
+    ("rollouts", "--max-new-tokens", int, (64, 512), "completion length cap", ">= 1"),
     ("rollouts", "--temperature", float, 1.0, "sampling temperature", "> 0"),
     ("rewards", "--mode", ["progrs", "outcome", "absolute", "progrs-strict"], "progrs",
      "progrs: A_out + lam*c | outcome: plain GRPO | absolute: r + lam*b | progrs-strict", None),
-    ("rewards", "--bonus-control", ["none", "shuffle", "constant"], "none",
-     "experiment control: b shuffled within each group, or the step's mean b", None),
     ("rewards", "--lam", float, 1.0, "weight of the centered bonus c", ">= 0"),
     ("rewards", "--prm", str, "toy", "toy | a PRM folder | a hub id", None),
-    ("rewards", "--prm-quantile", float, None, "the PRM's quantile to read (None: its config's, else lowest)", None),
+    ("rewards", "--prm-quantile", float, None, "PRM quantile to read (None: its config's, or lowest)", None),
     ("rewards", "--prm-tag", str, None, "causal-LM PRM: the step tag (None: its config's, else ки)", None),
-    ("rewards", "--prm-tokens", str, None, "causal-LM PRM: good,bad tokens (None: its config's, else +,-)", None),
+    ("rewards", "--prm-tokens", str, None, "causal-LM PRM: good,bad tokens (None: config's, or +,-)", None),
     ("rewards", "--lam-var", float, 1.0, "coherence volatility penalty", ">= 0"),
-    ("optimisation", "--lr", float, None, "AdamW learning rate", "> 0"),
+    ("optimisation", "--lr", float, (1e-4, 1e-6), "AdamW learning rate", "> 0"),
     ("optimisation", "--warmup-steps", int, 10, "linear learning-rate warmup", ">= 0"),
-    ("optimisation", "--micro-batch", int, None, "sequences per forward/backward", ">= 1"),
+    ("optimisation", "--micro-batch", int, (128, 8), "sequences per forward/backward", ">= 1"),
     ("optimisation", "--ppo-epochs", int, 1, "updates per batch (> 1: clipped ratio)", ">= 1"),
     ("optimisation", "--kl-coef", float, 0.0, "k3 KL to the initial model (0: off)", ">= 0"),
     ("optimisation", "--max-grad-norm", float, 1.0, "gradient clipping", "> 0"),
     ("logging", "--out", str, "out", "metrics.jsonl, config.json and model/ go here", None),
-    ("logging", "--save-every", int, None, "steps between checkpoints to OUT/model (None: --eval-every)", ">= 1"),
+    ("logging", "--save-every", int, None, "steps between checkpoints (None: --eval-every)", ">= 1"),
     ("logging", "--seed", int, 0, "same seed, same CPU: same numbers", None),
 ]
+SIZE_DEFAULTS = {size: {f[1][2:].replace("-", "_"): f[3][i] for f in FLAGS if isinstance(f[3], tuple)}
+                 for i, size in enumerate(("tiny", "llm"))}
 
-class ProgrsError(Exception):
-    """Bad input from the user: main() prints the message as one line and exits non-zero."""
+class ProgrsError(Exception): pass  # bad input: main() prints the message as one line, exits non-zero
 
 def first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):  # a bad flag is one line on stderr (no usage block), exit status 2
-        self.exit(2, f"progrs.py: error: {message}\n")
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 def build_parser() -> argparse.ArgumentParser:
-    p, groups = OneLineErrorParser(description="PROGRS: GRPO with outcome-conditioned process rewards."), {}
-    short = lambda v: str(v).replace(str(HERE) + os.sep, "")  # noqa: E731
+    p = argparse.ArgumentParser(description="PROGRS: GRPO with outcome-conditioned process rewards.")
+    p.error, groups = lambda message: p.exit(2, f"progrs.py: error: {message}\n"), {}  # one line, no usage
     for group, flag, kind, default, help, _ in FLAGS:
-        key = flag[2:].replace("-", "_")
-        shown = (f"{short(SIZE_DEFAULTS['tiny'][key])} tiny / {short(SIZE_DEFAULTS['llm'][key])} LLM"
-                 if key in SIZE_DEFAULTS["tiny"] else short(default))
+        shown = " tiny / ".join(map(str, default)) + " LLM" if isinstance(default, tuple) else default
         kw = dict(action="store_true") if kind is bool else dict(choices=kind) if isinstance(kind, list) \
             else dict(type=kind)
         g = groups.get(group) or groups.setdefault(group, p.add_argument_group(group))
-        g.add_argument(flag, default=default, help=f"{help} (default: {shown})", **kw)
+        g.add_argument(flag, default=None if isinstance(default, tuple) else default,
+                       help=f"{help} (default: {str(shown).replace(str(HERE) + os.sep, '')})", **kw)
     return p
 
-def check_args(args) -> None:
-    """Stop early, with one line naming the flag, on values that would train silently wrong."""
+def check_args(args) -> None:  # one line naming the flag, before anything trains silently wrong
     for _, flag, kind, _, _, rule in FLAGS:
         x = getattr(args, flag[2:].replace("-", "_"))
         if x is not None and kind is float and not math.isfinite(x):  # first: inf passes every range
             raise ProgrsError(f"{flag}: expected a finite number, got {x}")
         if x is not None and rule and not (x >= float(rule[3:]) if rule[1] == "=" else x > float(rule[2:])):
             raise ProgrsError(f"{flag}: expected a value {rule}, got {x}")
-    if args.prm_tokens is not None and len(args.prm_tokens.split(",")) != 2:
-        raise ProgrsError(f"--prm-tokens: expected two tokens, good,bad, got {args.prm_tokens}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ProgrsError(f"--out: expected a folder, got the file {args.out}")
-
 
 # ----------------------------------------------------------------------------------------------------
-# Data: a problem is {"question": str, "gold": str}. Files are JSONL with "question" and "answer": the
-# bare final answer (tiny_task) or a GSM8K rationale whose last line is "#### N".
+# Data: JSONL records {"question", "answer"}, the answer bare or a GSM8K rationale ending "#### N".
 
 MAX_CHARS = 20_000  # per question or answer: GSM8K's longest is under 1,000
 
 def parse_gold(answer: str) -> str:
-    """The final answer of a record: the text after the last `####`, else the whole string."""
     return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
 
-def load_problems(path) -> list[dict]:
-    """Read JSONL records with `question` and `answer` into [{"question", "gold"}]."""
-    path, problems = Path(path), []
-    if not path.is_file():
-        raise ProgrsError(f"{path}: no such data file (expected JSONL with 'question' and 'answer')")
+def load_problems(path) -> list[dict]:  # [{"question", "gold"}]
+    path, problems, expected = Path(path), [], "expected JSONL with 'question' and 'answer'"
+    if not path.is_file(): raise ProgrsError(f"{path}: no such data file ({expected})")
     try:  # split("\n"), not splitlines(): a JSON string may hold U+2028, which is no line end in JSONL
         lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as e:
-        raise ProgrsError(f"{path}: not UTF-8 text (byte {e.start}); expected JSONL") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+        raise ProgrsError(f"{path}: not UTF-8 text (byte {e.start}); {expected}") from None
+    for lineno, line in ((i, x) for i, x in enumerate(lines, 1) if x.strip()):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
@@ -324,82 +247,67 @@ def load_problems(path) -> list[dict]:
                 or isinstance(a, float) and not math.isfinite(a):
             problem = "expected an object with a string 'question' and a string or number 'answer'"
         elif max(len(q), len(str(a))) > MAX_CHARS:
-            problem = f"a question or answer of {max(len(q), len(str(a))):,} characters (at most {MAX_CHARS:,})"
+            problem = f"a question or answer over {MAX_CHARS:,} characters ({max(len(q), len(str(a))):,})"
         elif not q.strip() or not parse_gold(str(a)):
             problem = "empty 'question' or empty final answer"
         else:
             problems.append({"question": q.strip(), "gold": parse_gold(str(a))})
             continue
         raise ProgrsError(f"{path}:{lineno}: {problem}")
-    if not problems:
-        raise ProgrsError(f"{path}: no records (expected JSONL with 'question' and 'answer')")
-    return problems
+    if problems: return problems
+    raise ProgrsError(f"{path}: no records ({expected})")
 
-# GSM8K by name (--data gsm8k, --eval-data gsm8k): the train and test splits of the original public
-# release (MIT licence), downloaded once into PROGRS_CACHE (default ~/.cache/progrs) and checked by line
-# count and sha256. PROGRS_GSM8K_URL points at a mirror holding train.jsonl and test.jsonl.
+# GSM8K by name: the original release's splits (MIT licence), downloaded once into PROGRS_CACHE (default
+# ~/.cache/progrs) and pinned by line count and sha256; PROGRS_GSM8K_URL names a mirror.
 GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
 GSM8K_SPLITS = {"train": (7473, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
                 "test": (1319, "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14")}
 
 def load_data(value: str, split: str, flag: str) -> list[dict]:
-    """--data / --eval-data: a JSONL path, or `gsm8k` for that split of GSM8K."""
     import urllib.request
-
-    if value != "gsm8k":
-        return load_problems(value)
     path = Path(os.environ.get("PROGRS_CACHE") or Path.home() / ".cache" / "progrs") / f"gsm8k_{split}.jsonl"
-    if not path.is_file():  # a cached file was checked before it was written
-        url = f"{os.environ.get('PROGRS_GSM8K_URL', GSM8K_URL).rstrip('/')}/{split}.jsonl"
-        hint = f"pass a local copy instead: {flag} path/to/gsm8k_{split}.jsonl"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                data = response.read()
-        except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
-            raise ProgrsError(f"{flag} gsm8k: could not download {url} "
-                              f"({first_line(getattr(e, 'reason', e))}); {hint}") from None
-        (lines, sha), got = GSM8K_SPLITS[split], (data.count(b"\n"), hashlib.sha256(data).hexdigest())
-        if got != (lines, sha):
-            raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split ({got[0]} lines, "
-                              f"sha256 {got[1][:12]}...; expected {lines}, {sha[:12]}...); {hint}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".part").write_bytes(data)
-        path.with_suffix(".part").replace(path)  # atomic: never half a file in the cache
+    if value != "gsm8k" or path.is_file():  # a cached split was checked before it was written
+        return load_problems(path if value == "gsm8k" else value)
+    url = f"{os.environ.get('PROGRS_GSM8K_URL', GSM8K_URL).rstrip('/')}/{split}.jsonl"
+    hint = f"pass a local copy instead: {flag} path/to/gsm8k_{split}.jsonl"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data = response.read()
+    except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
+        raise ProgrsError(f"{flag} gsm8k: could not download {url} ({first_line(getattr(e, 'reason', e))}); "
+                          f"{hint}") from None
+    (lines, sha), got = GSM8K_SPLITS[split], (data.count(b"\n"), hashlib.sha256(data).hexdigest())
+    if got != (lines, sha):
+        raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split ({got[0]} lines, "
+                          f"sha256 {got[1][:12]}...; expected {lines}, {sha[:12]}...); {hint}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".part").write_bytes(data)
+    path.with_suffix(".part").replace(path)  # atomic: never half a file in the cache
     return load_problems(path)
 
-
-# ----------------------------------------------------------------------------------------------------
-# Prompt: one format for RL rollouts, evaluation and the tiny model's supervised warm start
-# (tiny_task/build_model.py imports it), so the model is never asked in a format it was not taught.
-
+# One prompt for rollouts, evaluation and the tiny model's warm start (build_model.py imports it).
 INSTRUCTION = "Solve the problem. Write one step per line, then a last line 'Answer: <answer>'."
 
 def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
     """Plain: INSTRUCTION / "Question: ..." / "Solution:". chat=True: the tokenizer's chat template."""
-    if not chat:
-        return f"{INSTRUCTION}\nQuestion: {question}\nSolution:\n"
+    if not chat: return f"{INSTRUCTION}\nQuestion: {question}\nSolution:\n"
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ProgrsError("--chat: this tokenizer has no chat template (drop --chat for a base model)")
     messages = [{"role": "user", "content": f"{INSTRUCTION}\n{question}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-
 # ----------------------------------------------------------------------------------------------------
 # Verifier: exact match on the first committed answer
-#
-# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces matched:
-# \boxed{\frac{1}{2}} is whole) or holds "Answer:" (any case; **Answer:** too) or "####", then text.
-# Decoding stops at the end of that line, so what a base model writes after it (its next invented
-# question and "Answer: 7") is never judged or trained. No answer line -> r = 0: no fallback to "the
-# last number", which would reward answers the model never committed to. A numeric gold matches when
-# the answer holds exactly one number equal to it by value ("$1,234.00 dollars" == 1234; "5 or 6" never
-# matches); any other gold is compared as a string without `$`, `*` and a trailing period. Every
-# function here is linear in the text.
+# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces matched)
+# or holds "Answer:" (any case, **Answer:** too) or "####", then text. Decoding stops there, so what a
+# base model writes next (an invented question and its "Answer: 7") is never judged or trained. No
+# answer line -> r = 0, with no fallback to "the last number". A numeric gold matches an answer holding
+# exactly one number of that value ("$1,234.00 dollars" == 1234; "5 or 6" never matches); any other gold
+# is compared as a string without `$`, `*` and a trailing period. All linear in the text.
 
 _ANSWER_MARK = re.compile(r"answer[*\s]{0,8}:|####", re.IGNORECASE)
 _BOX_EVENT = re.compile(r"\\boxed\s*\{|[{}]")
 _NUMBER = re.compile(r"(?<![0-9.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
-# the committed answer; where its line starts; just past it (and its newline); whether a newline ends it
 AnswerLine = NamedTuple("AnswerLine", [("answer", str), ("start", int), ("end", int), ("ended", bool)])
 
 def _closed_boxes(text: str) -> list[tuple[int, int]]:
@@ -414,8 +322,7 @@ def _closed_boxes(text: str) -> list[tuple[int, int]]:
             depth = max(depth - 1, 0)
         else:
             depth += 1
-            if m.group() != "{":
-                open_at.append((m.end(), depth))
+            if m.group() != "{": open_at.append((m.end(), depth))
     return boxes
 
 def find_answer(text: str) -> AnswerLine | None:
@@ -424,24 +331,19 @@ def find_answer(text: str) -> AnswerLine | None:
     while start <= len(text):
         nl = text.find("\n", start)
         end = len(text) if nl == -1 else nl
-        inside = []
-        while k < len(boxes) and boxes[k][1] < end:    # boxes that close on this line
-            inside.append(text[boxes[k][0]:boxes[k][1]].strip())
-            k += 1
-        answer = " ".join(inside)
+        j = k
+        while j < len(boxes) and boxes[j][1] < end: j += 1    # boxes that close on this line
+        answer, k = " ".join(text[a:c].strip() for a, c in boxes[k:j]), j
         if not answer:
             mark = _ANSWER_MARK.search(text, start, end)
             answer = text[mark.end():end].replace("*", "").strip() if mark else ""
-        if answer:
-            return AnswerLine(answer, start, end + (nl != -1), nl != -1)
-        if nl == -1:
-            return None
+        if answer: return AnswerLine(answer, start, end + (nl != -1), nl != -1)
+        if nl == -1: return None
         start = nl + 1
     return None
 
 def extract_answer(text: str) -> str | None:
     """The answer a completion commits to, or None (which counts as incorrect).
-
     >>> extract_answer("2 + 3 = 5\\nAnswer: 5\\nQuestion: 1 + 1?\\nAnswer: 2")
     '5'
     >>> extract_answer("so \\\\boxed{\\\\frac{1}{2}}.")
@@ -450,51 +352,32 @@ def extract_answer(text: str) -> str | None:
     found = find_answer(text)
     return found.answer if found else None
 
-def single_number(s: str) -> Decimal | None:
-    """The one numeric value written in s, or None when s holds no number or two different ones."""
-    values = {Decimal(m.group().replace(",", "")) for m in _NUMBER.finditer(s)}
-    return values.pop() if len(values) == 1 else None
-
 def answers_match(pred: str, gold: str) -> bool:
     """A numeric gold by value against the one number in pred; any other gold as a cleaned string."""
     g = gold.strip().replace("$", "").replace(",", "").rstrip(".")
-    if _NUMBER.fullmatch(g):
-        return single_number(pred) == Decimal(g)
+    if _NUMBER.fullmatch(g):  # exactly one value in pred (repeats allowed), equal to the gold's
+        return {Decimal(m.group().replace(",", "")) for m in _NUMBER.finditer(pred)} == {Decimal(g)}
     clean = lambda s: s.replace("$", "").replace("*", "").strip().removesuffix(".").strip()  # noqa: E731
     return clean(pred) == clean(gold)
 
 def is_correct(completion: str, gold: str) -> bool:
-    pred = extract_answer(completion)
-    return pred is not None and answers_match(pred, gold)
+    return (pred := extract_answer(completion)) is not None and answers_match(pred, gold)
 
-# Steps: the non-empty lines before the answer line (the prompt asks for one step per line, and GSM8K
-# rationales are written that way). Step counts are easy to hack (pad an answer with trivially valid
-# steps), so the trainer logs steps per answer; watch it.
+# Steps: the non-empty lines before the answer line (the prompt asks for one step per line, as GSM8K
+# writes them). Step counts are easy to hack with trivially valid steps: the trainer logs steps/answer.
 
 def split_steps(completion: str) -> list[str]:
     found = find_answer(completion)
     body = completion if found is None else completion[:found.start]
     return [line.strip() for line in body.split("\n") if line.strip()]
 
-
 # ----------------------------------------------------------------------------------------------------
-# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface
-#
-# The paper's PRM gives quantiles q_tau(s) of the probability of success after step s, given every
-# step so far (tiny_task/build_prm.py trains one). The toy PRM judges each step's arithmetic alone:
-# a step is false if any equation in it is false, true if it has a true one and no false one, else
-# unjudged (NaN: no opinion). p(sound) ~ Beta(1 + k, 1) for a true step, Beta(1, 1 + k) for a false
-# one (k = EVIDENCE), and q_tau is that Beta's tau-quantile. Per step, not per equation: more true
-# equations on a line do not raise its score, and a line of prose is neutral.
-#   step                      t  f   q_0.1  q_0.5  q_0.9
-#   "47 + 28 = 75"            1  0   0.63   0.87   0.98
-#   "so we subtract"          0  0   NaN    NaN    NaN
-#   "75 - 19 = 55"            0  1   0.02   0.13   0.37
-# Its blind spot is deliberate, and a real PRM's too: it checks that equations are true, not that they
-# use the problem's numbers or reach the answer. A miscopied number, or a solution that stops one
-# operation early, is all sound steps: a fluent failure. Centering lets it beat other wrong rollouts,
-# never a right one in its group. Any string scores in linear time: an equation's left side is the run
-# of arithmetic characters before "=", at most MAX_EXPR characters and MAX_DIGITS digits per number.
+# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. Each step alone: false
+# if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) ~ Beta(1 + k, 1) if
+# true, Beta(1, 1 + k) if false; q_tau is its quantile ("47 + 28 = 75": q_0.1 0.63, q_0.5 0.87, q_0.9
+# 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a real PRM's too: a miscopied number or a
+# solution that stops one operation early is all sound steps, a fluent failure. Left sides are at most
+# MAX_EXPR characters of arithmetic before "=", so any string scores in linear time.
 
 MAX_EXPR, MAX_DIGITS = 120, 15
 _EXPR_CHARS = frozenset("0123456789.,+-–−*/×x÷()$ ")  # with the en dash and minus sign
@@ -505,32 +388,27 @@ _THOUSANDS = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
 _ANNOTATION = re.compile(rf"<<([^<>=]{{1,{MAX_EXPR}}})=([^<>=]{{1,{2 * MAX_DIGITS}}})>>")
 _BIN_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
             ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b if b else None}
+_UN_OPS = {ast.USub: lambda v: -v, ast.UAdd: lambda v: v}
 
 def safe_eval(expr: str, need_op: bool = False) -> float | None:
-    """+ - * / and parentheses over numbers; anything else (x/0, inf, too long) gives None. Model text
-    never reaches eval(): ast.parse only builds a tree, which we walk. need_op: "3" alone gives None."""
+    """+ - * / ( ) over numbers, else None (x/0, inf, too long): ast.parse builds a tree, no eval()."""
     expr = _TIMES.sub("*", _THOUSANDS.sub("", expr)).replace("$", "").replace("÷", "/") \
         .replace("–", "-").replace("−", "-").strip()
-    if not expr or len(expr) > MAX_EXPR or re.search(rf"[0-9]{{{MAX_DIGITS + 1}}}", expr):
-        return None
+    if not expr or len(expr) > MAX_EXPR or re.search(rf"[0-9]{{{MAX_DIGITS + 1}}}", expr): return None
     try:
         tree = ast.parse(expr, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    if need_op and not isinstance(tree, ast.BinOp):
-        return None
+    if need_op and not isinstance(tree, ast.BinOp): return None
 
     def walk(node):
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            return float(node.value)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float): return float(node.value)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UN_OPS:
             v = walk(node.operand)
-            return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
-        if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
-            a, b = walk(node.left), walk(node.right)
-            return None if a is None or b is None else _BIN_OPS[type(node.op)](a, b)
-        return None
-
+            return None if v is None else _UN_OPS[type(node.op)](v)
+        ok = isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS
+        a, b = (walk(node.left), walk(node.right)) if ok else (None, None)
+        return None if a is None or b is None else _BIN_OPS[type(node.op)](a, b)
     try:
         value = walk(tree)
     except (RecursionError, OverflowError):
@@ -542,8 +420,7 @@ def _lhs_before(text: str, eq: int) -> str | None:
     i = eq
     while i > 0 and text[i - 1] in _EXPR_CHARS and (text[i - 1] != "." or text[i:i + 1].isdigit()):
         i -= 1
-        if eq - i > MAX_EXPR:
-            return None
+        if eq - i > MAX_EXPR: return None
     comma = text.rfind(", ", i, eq)                   # "2, 3 + 4 = 7": a list, then an equation
     i = comma + 1 if comma != -1 else i
     m = re.search(r"[0-9(]|-(?=[0-9(])", text[i:eq])  # start at a number, sign or parenthesis
@@ -563,8 +440,7 @@ def check_equations(step: str) -> tuple[int, int]:
         if rhs and _RHS_GOES_ON.match(plain, rhs.end()):
             continue                                   # "= 3 1/2", "= 2/5", "= 50%": not one number
         lhs = _lhs_before(plain, eq)
-        if rhs and lhs:
-            pairs.append((lhs, rhs.group(1)))
+        if rhs and lhs: pairs.append((lhs, rhs.group(1)))
     verdicts = [math.isclose(v, c, rel_tol=1e-6, abs_tol=1e-6) for v, c in
                 ((safe_eval(lhs, need_op=True), safe_eval(rhs)) for lhs, rhs in pairs)
                 if v is not None and c is not None]   # not checkable: no evidence either way
@@ -572,48 +448,38 @@ def check_equations(step: str) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=None)
 def beta_quantiles(a: float, b: float, taus: tuple[float, ...]) -> tuple[float, ...]:
-    """Quantiles of Beta(a, b), by inverting its CDF on a fine grid (no scipy needed)."""
     x = np.linspace(0.0, 1.0, 20001)
     logpdf = (a - 1) * np.log(np.clip(x, 1e-12, 1)) + (b - 1) * np.log(np.clip(1 - x, 1e-12, 1))
     cdf = np.cumsum(np.exp(logpdf - logpdf.max()))
     return tuple(float(np.interp(t, cdf / cdf[-1], x)) for t in taus)
 
 class ToyPRM:
-    """Every PRM here has `taus`, `default_tau` (None: read the lowest), score(question, steps) -> (S, Q)
-    per-step quantiles of p(step is sound), and score_batch(questions, steps) -> [(S_i, Q)]."""
+    """Every PRM has taus, default_tau, score(question, steps) -> (S, Q) quantiles and score_batch."""
     taus, default_tau = (0.1, 0.5, 0.9), None
     EVIDENCE = 4.0  # pseudo-counts a step's verdict adds to the uniform Beta(1, 1) prior
 
     def score(self, question: str, steps: list[str]) -> torch.Tensor:
-        rows = []
-        for step in steps:
-            t, f = check_equations(step)
-            rows.append(beta_quantiles(1.0, 1 + self.EVIDENCE, self.taus) if f else
-                        beta_quantiles(1 + self.EVIDENCE, 1.0, self.taus) if t else (math.nan,) * len(self.taus))
+        k, nan = self.EVIDENCE, (math.nan,) * len(self.taus)
+        rows = [beta_quantiles(1.0, 1 + k, self.taus) if f else beta_quantiles(1 + k, 1.0, self.taus)
+                if t else nan for t, f in map(check_equations, steps)]
         return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.taus))  # (S, Q)
 
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
         return [self.score(q, s) for q, s in zip(questions, steps)]
 
-
 # ----------------------------------------------------------------------------------------------------
-# Learned PRMs (frozen), behind the same interface: the model reads the plain prompt, then the steps,
-# and is read at each step's last token.
-#   token classification, quantile head (id2label q0.1, q0.5, ...): raw outputs z map to quantiles that
-#       cannot cross: q_tau1 = sigmoid(z_1), q_tauk = sigmoid(z_1 + softplus(z_2) + ... + softplus(z_k));
-#   token classification, two-class head ("bad" / "good"): p(good), one score (tau 0.5);
-#   causal LM (Math-Shepherd style): each step is written "step <tag>", and the next-token distribution
-#       at the tag gives p(good) / (p(good) + p(bad)). Math-Shepherd: tag "ки", tokens "+" and "-";
-#       --prm-tag / --prm-tokens, or progrs_step_tag / progrs_step_tokens in its config, set others.
-# A PRM's config may name the quantile to read (progrs_quantile); --prm-quantile wins.
+# Learned PRMs (frozen), behind the same interface, read at each step's last token: token classification
+# with a quantile head (labels q0.1, q0.5, ...; quantiles that cannot cross) or a two-class head (p(good));
+# or a causal LM at a step tag, p(good) / (p(good) + p(bad)) of the next token (Math-Shepherd: tag ки,
+# tokens + and -; others from flags or the config's progrs_step_tag / progrs_step_tokens). A config may
+# name the quantile to read (progrs_quantile); --prm-quantile wins.
 
 STEP_SEP = "\n"
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
 _GOOD_LABEL = re.compile(r"good|pos|\+|correct|1", re.IGNORECASE)
 
 def prm_inputs(tokenizer, question: str, steps: list[str], tag: str | None = None):
-    """(ids of prompt + steps, index of each step's last token: its separator or tag). Each piece is
-    tokenised alone, so a step's end is exact whatever the tokenizer would merge across it."""
+    """(ids, index of each step's last token); pieces are tokenised alone, so the ends are exact."""
     tok = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     ids, ends = tok(build_prompt(question)), []
     for step in steps:
@@ -630,7 +496,6 @@ def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
 class ModelPRM:
     def __init__(self, name: str, device, amp, tag=None, tokens=None, batch_size: int = 64):
         import transformers as tf
-
         check_model_source("--prm", name)
         try:
             config = tf.AutoConfig.from_pretrained(name)
@@ -644,40 +509,38 @@ class ModelPRM:
         labels = [str(self.model.config.id2label[i]) for i in range(self.model.config.num_labels)]
         taus = [_TAU_LABEL.fullmatch(x) for x in labels]
         if self.causal:
-            self.tag = tag or getattr(config, "progrs_step_tag", "ки")
-            words = tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", ["+", "-"])
-            for flag, word in (("--prm-tag", self.tag), ("--prm-tokens", words[0]), ("--prm-tokens", words[1])):
-                if len(self.tokenizer.encode(word, add_special_tokens=False)) != 1:
-                    raise ProgrsError(f"{flag}: {word!r} is not one token of the tokenizer of --prm {name} "
-                                      "(Math-Shepherd's: tag ки, tokens +,-)")
-            pair = [self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words]
+            words = [tag or getattr(config, "progrs_step_tag", "ки"),
+                     *(tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", ["+", "-"]))]
+            ids = [self.tokenizer.encode(w, add_special_tokens=False) for w in words]
+            if len(ids) != 3 or any(len(i) != 1 for i in ids):
+                raise ProgrsError(f"--prm-tag / --prm-tokens: {words} must each be one token of --prm "
+                                  f"{name}'s tokenizer (Math-Shepherd's: ки, +, -)")
+            self.tag, pair = words[0], [i[0] for i in ids[1:]]
             self.kind, self.taus, self.read = "step-tag", (0.5,), lambda z: z[:, pair].softmax(-1)[:, :1]
         elif set(info["missing_keys"]) - {n for n, _ in self.model.base_model.named_parameters(
                 prefix=self.model.base_model_prefix)}:  # from_pretrained would make up a random head
             raise ProgrsError(f"--prm {name}: this checkpoint has no classification head "
                               f"({', '.join(sorted(info['missing_keys']))} missing); expected a trained PRM")
         elif all(taus):
-            self.kind, self.taus, self.read = "quantile", tuple(float(m.group(1)) for m in taus), quantiles_from_logits
+            self.kind, self.read = "quantile", quantiles_from_logits
+            self.taus = tuple(float(m[1]) for m in taus)
             if list(self.taus) != sorted(set(self.taus)):
                 raise ProgrsError(f"--prm {name}: quantile labels {labels} are not increasing taus")
         elif len(labels) == 2:
             self.good = ([i for i, x in enumerate(labels) if _GOOD_LABEL.search(x.replace("LABEL_", ""))]
                          or [1])[-1]
-            self.kind, self.taus = "two-class", (0.5,)
-            self.read = lambda z: z.softmax(-1)[:, self.good:self.good + 1]
+            self.kind, self.taus, self.read = "two-class", (0.5,), lambda z: z.softmax(-1)[:, [self.good]]
         else:
             raise ProgrsError(f"--prm {name}: expected a quantile head (labels q0.1, q0.5, ...) or a "
                               f"two-class head, got {len(labels)} outputs {labels[:6]}")
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.pad_token_id is None: self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.to(device).eval().requires_grad_(False)
         self.device, self.amp, self.batch_size = device, amp, batch_size
         self.max_len = min(getattr(self.model.config, "max_position_embeddings", None) or 4096, 4096)
 
     @torch.no_grad()
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
-        """A frozen PRM is a function of its input: each distinct (question, steps) is scored once (a
-        group often repeats its completions), in right-padded batches, read at each step's end."""
+        """Each distinct (question, steps) once (groups repeat completions), in right-padded batches."""
         keys = [(q, tuple(s)) for q, s in zip(questions, steps)]
         unique = list(dict.fromkeys(keys))
         items = [prm_inputs(self.tokenizer, q, list(s), self.tag) for q, s in unique]
@@ -704,21 +567,14 @@ class ModelPRM:
     def score(self, question: str, steps: list[str]) -> torch.Tensor:
         return self.score_batch([question], [steps])[0]
 
-
 # ----------------------------------------------------------------------------------------------------
 # Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded.
-#
-# Exactly on-policy: generate() gets a GenerationConfig holding only what the trainer sets (temperature,
-# top_k=0, top_p=1.0; greedy for evaluation), swapped in for the model's own while it runs, since
-# generate() fills unset values from that (a hub model's top_k or repetition_penalty) and then from
-# global defaults (top_k=50): the gradient would be taken for a distribution we did not sample from.
-# A row stops after its answer line (StopAtAnswer) or at EOS. The completion mask covers the tokens up
-# to there, EOS included (or the model never learns to stop), and is built from positions, not from
-# `token == pad`: pad is often EOS (Qwen2.5). Rows that hit max_new_tokens are counted as truncated.
+# On-policy: generate() gets a config holding only our settings, swapped in for the model's own, which
+# would fill the rest (a hub model's top_k, repetition_penalty). Rows stop after the answer line or at EOS;
+# the mask keeps EOS and is built from positions, not `token == pad`: pad is often EOS (Qwen2.5).
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
-    """(B, T) completion tokens -> (mask (B, T), truncated (B,)). A row ends at its first EOS (kept)
-    or after stopped_at[row] tokens (its answer line; 0 = did not stop there), whichever is first."""
+    """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or stopped_at[row] (0: none)."""
     B, T = completions.shape
     is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))   # (B, T)
     has_eos = is_eos.any(1)                                                              # (B,)
@@ -728,19 +584,13 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=No
     mask = torch.arange(T, device=completions.device)[None, :] < length[:, None]        # (B, T)
     return mask, ~has_eos & (stopped == 0)
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    return sorted(set([ids] if isinstance(ids, int) else list(ids or [])) | {tokenizer.eos_token_id})
-
 @functools.lru_cache(maxsize=8)
 def newline_tokens(tokenizer) -> torch.Tensor:
     """(V,) bool: the token ids whose text holds a newline, the only places an answer line can end."""
     return torch.tensor(["\n" in t for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
 
 class StopAtAnswer:
-    """generate()'s stopping criterion: a row is done once its answer line is finished. Only rows whose
-    last token holds a newline are decoded and checked; stopped[row] = its length when it stopped."""
-
+    """A row is done once its answer line ends (only rows ending in a newline are decoded and checked)."""
     def __init__(self, tokenizer, prompt_len: int):
         self.tokenizer, self.prompt_len, self.stopped = tokenizer, prompt_len, {}
         self.newline = newline_tokens(tokenizer)
@@ -751,22 +601,19 @@ class StopAtAnswer:
         for row in ends_line.nonzero().flatten().tolist():
             found = None if row in self.stopped else find_answer(
                 self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True))
-            if found is not None and found.ended:
-                self.stopped[row] = input_ids.shape[1] - self.prompt_len
-        done = torch.zeros(len(last), dtype=torch.bool)
-        done[list(self.stopped)] = True
-        return done.to(input_ids.device)
+            if found is not None and found.ended: self.stopped[row] = input_ids.shape[1] - self.prompt_len
+        return torch.tensor([row in self.stopped for row in range(len(last))], device=input_ids.device)
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
              temperature: float, amp, chat: bool = False) -> dict:
     """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
-    from transformers import GenerationConfig, StoppingCriteriaList
-
+    from transformers import GenerationConfig
     # a chat template already wrote the special tokens it needs: do not add them a second time
     enc = tokenizer(prompts, return_tensors="pt", padding=True,
                     add_special_tokens=not chat).to(model.device)                # (P, Tp), left pad
-    Tp, eos_ids = enc["input_ids"].shape[1], eos_token_ids(model, tokenizer)
+    Tp, eos_ids = enc["input_ids"].shape[1], model.generation_config.eos_token_id
+    eos_ids = sorted({tokenizer.eos_token_id, *([eos_ids] if isinstance(eos_ids, int) else eos_ids or [])})
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
         if temperature > 0 else dict(do_sample=False)
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
@@ -775,7 +622,7 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     shipped, model.generation_config = model.generation_config, config
     try:
         with amp():
-            seqs = model.generate(**enc, generation_config=config, stopping_criteria=StoppingCriteriaList([stop]))
+            seqs = model.generate(**enc, generation_config=config, stopping_criteria=[stop])
     finally:
         model.generation_config = shipped
     completions = seqs[:, Tp:]                                                    # (B, T), B = P*n
@@ -786,23 +633,17 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     return dict(input_ids=seqs, attention_mask=torch.cat([prompt_mask, mask.long()], 1),
                 completion_mask=mask, truncated=truncated, texts=texts, prompt_len=Tp)
 
-
 # ----------------------------------------------------------------------------------------------------
 # Loss and update
-#
-# Token log-probs come from one forward pass over prompt + completion: fp32 logits divided by the
-# sampling temperature (we sampled from softmax(logits / T)), position ids rebuilt from the attention
-# mask as generate() builds them for left-padded rows. Per-token loss, summed over completion tokens
-# and divided by N, the completion tokens of the *whole batch*, so micro-batching changes memory, never
-# the gradient:
+# Log-probs: fp32 logits / temperature (we sampled from softmax(logits / T)), position ids rebuilt from
+# the mask as generate() builds them for left-padded rows. The loss is divided by N, the completion
+# tokens of the *whole batch*, so micro-batching changes memory, never the gradient:
 #     L = -(1/N) sum_i sum_t min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) [+ kl_coef * k3_it]
-# With one update per batch (--ppo-epochs 1) the old log-probs are this forward pass's, detached:
-# rho = 1, the clip never acts, and this is REINFORCE with group baselines. With K > 1 epochs the clip
-# keeps later epochs near the policy that sampled. The logged loss says little: with rho = 1 it is
-# -(1/N) sum_i A_i * len_i, a length-weighted sum of advantages (negative in --mode progrs, where right
-# rollouts keep an uncentered bonus), while the gradient is -(1/N) sum_i A_i sum_t grad log pi(y_it).
-# Watch accuracy. KL to the initial model (k3: exp(ref - logp) - (ref - logp) - 1) is off by default:
-# with verifiable rewards and few steps the policy drifts little, and a reference costs a second model.
+# With --ppo-epochs 1 the old log-probs are this pass's, detached: rho = 1, the clip never acts, and
+# this is REINFORCE with group baselines. The logged loss is -(1/N) sum_i A_i len_i, a length-weighted
+# sum of advantages (negative in --mode progrs, where right rollouts keep an uncentered bonus), not the
+# gradient: watch accuracy. KL to the initial model (k3) is off by default: with verifiable rewards and
+# few steps the policy drifts little, and a reference costs a second model.
 
 PPO_CLIP = 0.2
 LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 positions at 151,936
@@ -814,10 +655,8 @@ def _head_logprobs(hidden, targets, weight, bias, temperature: float):
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
 
 def token_logprobs(model, input_ids, attention_mask, prompt_len: int, temperature: float, amp):
-    """log pi(y_t | y_<t) for every completion token: (B, Tp + T) -> (B, T). The body runs under `amp`
-    (bf16 on a GPU); the head is read as a linear map of the last hidden state (load_model checks it)
-    and runs in fp32, in blocks of LOGIT_BLOCK logits recomputed in the backward pass, so the full
-    (B, T, V) logits never exist at once."""
+    """(B, Tp + T) -> (B, T) log pi(y_t | y_<t). The body runs under `amp`; the head in fp32, in blocks
+    of LOGIT_BLOCK logits recomputed in the backward pass, so (B, T, V) logits never exist at once."""
     B, T = input_ids.shape[0], input_ids.shape[1] - prompt_len
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                   # (B, Tp + T)
     with amp():
@@ -838,11 +677,8 @@ def policy_loss(logp, old_logp, adv, mask, n_tokens, ref_logp=None, kl_coef=0.0)
     ratio = torch.exp(logp - old_logp)                                            # (b, T)
     a = adv[:, None]                                                              # (b, 1)
     per_token = -torch.min(ratio * a, ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP) * a)
-    kl = None
-    if ref_logp is not None:
-        d = ref_logp - logp
-        kl = torch.exp(d) - d - 1                                                 # (b, T), >= 0
-        per_token = per_token + kl_coef * kl
+    kl = None if ref_logp is None else torch.exp(ref_logp - logp) - (ref_logp - logp) - 1   # (b, T), >= 0
+    per_token = per_token if kl is None else per_token + kl_coef * kl
     return (per_token * mask).sum() / n_tokens, (None if kl is None else (kl * mask).sum() / n_tokens)
 
 def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> dict:
@@ -874,16 +710,13 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
     model.eval()
     return stats
 
-
 # ----------------------------------------------------------------------------------------------------
-# Training loop. Each step: P prompts -> G rollouts each -> verify (r) -> PRM step scores ->
-# coherence (b) -> centering (c) -> advantages (A) -> one policy update. Greedy pass@1 on the eval set
-# at the start, every --eval-every steps and at the end; a checkpoint every --save-every steps.
+# Training loop. Each step: P prompts -> G rollouts each -> verify (r) -> PRM step scores -> coherence
+# (b) -> centering (c) -> advantages (A) -> one policy update; evaluations and checkpoints between.
 
 def score_completions(problems: list[dict], texts: list[str], prm, q_index: int, lam_var: float) -> dict:
-    """Verify and PRM-score completions (one problem per text): lists, one entry per completion.
-    Nothing a model writes stops a run: a completion whose verification or step splitting raises is
-    judged wrong with no steps (b = 0) and counted in `unscorable`."""
+    """Verify and PRM-score completions (one problem per text). Nothing a model writes stops a run: text
+    that makes verification raise is judged wrong with no steps (b = 0) and counted in `unscorable`."""
     out = {k: [] for k in ("correct", "b", "step_scores", "n_steps", "trace_error", "unscorable", "judged")}
     steps = []
     for prob, text in zip(problems, texts):
@@ -893,43 +726,33 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
             trace, bad = ok and any(check_equations(x)[1] > 0 for x in s), False
         except Exception:
             s, ok, trace, bad = [], False, False, True
-        steps.append(s)
         for key, value in (("correct", ok), ("trace_error", trace), ("unscorable", bad), ("n_steps", len(s))):
             out[key].append(value)
+        steps.append(s)
     for q in prm.score_batch([p["question"] for p in problems], steps):            # [(S_i, Q)]
         out["step_scores"].append(q[:, q_index].tolist())
         out["judged"].append(bool((~q[:, q_index].isnan()).any()))
         out["b"].append(coherence_score(q[:, q_index], lam_var=lam_var))
     return out
 
-def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp, rng=None) -> dict:
-    """Sample G rollouts for each of P problems and compute everything the update needs."""
-    t0 = time.perf_counter()
-    prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems]
-    batch = generate(model, tokenizer, prompts, args.group_size, args.max_new_tokens, args.temperature, amp,
-                     args.chat)
+def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
+    t0, (P, G) = time.perf_counter(), (len(problems), args.group_size)
+    batch = generate(model, tokenizer, [build_prompt(p["question"], tokenizer, args.chat) for p in problems],
+                     G, args.max_new_tokens, args.temperature, amp, args.chat)
     t1 = time.perf_counter()
-    P, G = len(problems), args.group_size
     scored = score_completions([p for p in problems for _ in range(G)], batch["texts"], prm, args.q_index,
                                args.lam_var)                                      # prompt-major
     correct = torch.tensor(scored["correct"]).view(P, G)                          # (P, G)
     b = torch.tensor(scored["b"], dtype=torch.float32).view(P, G)                 # (P, G)
-    b_used = control_bonus(b, args.bonus_control, rng)                            # (P, G)
-    adv, a_out, bonus = compute_advantages(correct, b_used, args.mode, args.lam)  # (P, G) each
+    adv, a_out, bonus = compute_advantages(correct, b, args.mode, args.lam)       # (P, G) each
     batch.update(scored, correct=correct, b_grid=b, adv=adv, a_out=a_out, bonus=bonus,
                  t_generate=t1 - t0, t_score=time.perf_counter() - t1)
     return batch
 
-def fluent_rate(scored: dict, right_pool) -> float | None:
-    ff = fluent_failures(torch.tensor(scored["b"]), torch.tensor(scored["correct"]),
-                         torch.tensor(scored["judged"]), right_pool)
-    return None if ff is None else float(ff.float().mean())
-
 @torch.no_grad()
 def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=()) -> dict:
-    """Greedy pass@1, with the trace-error rate, steps per answer, mean b and fluent-failure rate of the
-    greedy completions; with --eval-samples K > 0 also sampled pass@1: the mean over K samples per
-    problem at the training temperature, which is what the policy does and what RL optimises."""
+    """Greedy pass@1, trace errors, steps per answer, b and fluent failures; the same over --eval-samples K
+    samples per problem at the training temperature (sampled pass@1: what RL optimises)."""
     def complete(n, temperature):  # the problems' completions, n per problem, problem-major
         texts, chunk = [], max(1, args.eval_batch // n)
         for i in range(0, len(problems), chunk):
@@ -938,43 +761,39 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=
                               args.chat)["texts"]
         return texts
 
-    texts = complete(1, 0.0)
-    s = score_completions(problems, texts, prm, args.q_index, args.lam_var)
-    n_right = sum(s["correct"])
-    out = dict(eval_accuracy=n_right / len(problems), eval_fluent_failure_rate=fluent_rate(s, right_pool),
-               eval_trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
-               eval_steps_per_answer=float(np.mean(s["n_steps"])),
-               eval_process_score=float(np.mean(s["b"])), texts=texts)
+    def summary(texts, n, prefix):
+        s = score_completions([p for p in problems for _ in range(n)], texts, prm, args.q_index, args.lam_var)
+        ff = fluent_failures(*(torch.tensor(s[k]) for k in ("b", "correct", "judged")), right_pool)
+        n_right = sum(s["correct"])
+        rates = dict(accuracy=n_right / len(texts), trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
+                     steps_per_answer=float(np.mean(s["n_steps"])), process_score=float(np.mean(s["b"])),
+                     fluent_failure_rate=None if ff is None else float(ff.float().mean()))
+        return {prefix[5:] + "texts": texts, **{prefix + k: v for k, v in rates.items()}}
+
+    out = summary(complete(1, 0.0), 1, "eval_")
     if args.eval_samples > 0:
-        # Its own seeded random stream, restored afterwards: every evaluation of a run draws the
-        # same random numbers, and how often a run evaluates does not change its training.
+        # its own seeded random stream: how often a run evaluates does not change its training
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(args.seed)
-            sampled = complete(args.eval_samples, args.temperature)
-        s = score_completions([p for p in problems for _ in range(args.eval_samples)], sampled, prm,
-                              args.q_index, args.lam_var)
-        out.update(eval_sampled_accuracy=float(np.mean(s["correct"])),
-                   eval_sampled_fluent_failure_rate=fluent_rate(s, right_pool),
-                   eval_sampled_process_score=float(np.mean(s["b"])), sampled_texts=sampled)
+            k = args.eval_samples
+            out.update(summary(complete(k, args.temperature), k, "eval_sampled_"))
     return out
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
-    """One JSON line of what happened in a training step. Marks batch["fluent"] (P, G) for the
-    teaching view, then adds the step's right b's to right_pool (a deque of the recent ones)."""
+    """One metrics line; marks batch["fluent"] (P, G) and adds the step's right b's to right_pool."""
     correct, b, bonus, adv = batch["correct"], batch["b_grid"], batch["bonus"], batch["adv"]
     ff = fluent_failures(b.flatten(), correct.flatten(), torch.tensor(batch["judged"]), right_pool or ())
     fluent = batch["fluent"] = torch.zeros_like(correct) if ff is None else ff.view_as(correct)  # (P, G)
     k, n_right = correct.sum(-1), int(correct.sum())
     push = torch.where((k == 0)[:, None], adv.clamp(min=0), 0.0)   # (P, G): A > 0 in all-wrong groups
-    if right_pool is not None:
-        right_pool.extend(b[correct].tolist())
+    if right_pool is not None: right_pool.extend(b[correct].tolist())
     mean = lambda x: float(x.mean()) if x.numel() else None  # noqa: E731  (null: e.g. no right rollout)
     return dict(
-        train_accuracy=n_right / correct.numel(),
-        process_score=mean(b), process_score_correct=mean(b[correct]), process_score_incorrect=mean(b[~correct]),
-        bonus_correct=mean(bonus[correct]), bonus_incorrect_abs=mean(bonus[~correct].abs()),
-        groups_all_correct=int((k == args.group_size).sum()), groups_all_wrong=int((k == 0).sum()),
-        dominance_violations=dominance_violations(adv, correct),
+        train_accuracy=n_right / correct.numel(), process_score=mean(b),
+        process_score_correct=mean(b[correct]), process_score_incorrect=mean(b[~correct]),
+        bonus_correct=mean(bonus[correct]),
+        bonus_incorrect_abs=mean(bonus[~correct].abs()), groups_all_correct=int((k == args.group_size).sum()),
+        groups_all_wrong=int((k == 0).sum()), dominance_violations=dominance_violations(adv, correct),
         trace_error_rate=sum(batch["trace_error"]) / max(n_right, 1),
         steps_per_answer=float(np.mean(batch["n_steps"])),
         completion_tokens=float(batch["completion_mask"].sum(-1).float().mean()),
@@ -990,8 +809,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     i = int((k * (G - k)).argmax())
     lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
              f"{'ok':>3} {'step scores':<24} {'b':>5} {'c':>6} {'A_out':>6} {'A':>6}  completion"]
-    for j in range(G):
-        r = i * G + j
+    for j, r in enumerate(range(i * G, (i + 1) * G)):
         steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in batch["step_scores"][r][:6])
         text = batch["texts"][r].strip().replace("\n", " | ")
         text = text if len(text) <= width else text[:width - 3] + "..."
@@ -1002,19 +820,15 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts")
     return "\n".join(lines)
 
-# A checkpoint is written whole beside OUT/model, then swapped in by two renames, so OUT/model is never
-# half a model. A save killed midway (kill -9, power loss) can leave OUT/model.tmp or OUT/model.old
-# behind: prepare_out, run before any work, cleans them up and says so.
+# A checkpoint is written whole beside OUT/model, then swapped in by two renames; a save killed midway
+# can leave OUT/model.tmp or OUT/model.old behind, which prepare_out cleans up before any work.
 
 def save_checkpoint(model, tokenizer, out_dir: Path, step: int) -> None:
     tmp, final, old = out_dir / "model.tmp", out_dir / "model", out_dir / "model.old"
-    for d in (tmp, old):
-        shutil.rmtree(d, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    for d in (tmp, old): shutil.rmtree(d, ignore_errors=True)
+    for part in (model, tokenizer): part.save_pretrained(tmp)
     (tmp / "progrs_step.json").write_text(json.dumps({"step": step}))
-    if final.exists():
-        final.rename(old)
+    if final.exists(): final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -1023,92 +837,77 @@ def prepare_out(out: str, log=print) -> None:
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ".progrs_write_test").write_text("")
-        (out_dir / ".progrs_write_test").unlink()
+        tempfile.TemporaryFile(dir=out_dir).close()  # a run never starts work it cannot save
     except OSError as e:
         raise ProgrsError(f"--out {out}: cannot write there ({e.strerror or first_line(e)})") from None
     tmp, final, old = out_dir / "model.tmp", out_dir / "model", out_dir / "model.old"
     if old.is_dir() and not final.exists():  # killed between the two renames: old is the last whole model
         old.rename(final)
         log(f"{out}: restored model/ from model.old/, left by an interrupted checkpoint save")
-    for d in (tmp, old):
-        if d.exists():
-            shutil.rmtree(d)
-            log(f"{out}: removed {d.name}/, left by an interrupted checkpoint save")
+    for d in (d for d in (tmp, old) if d.exists()):
+        shutil.rmtree(d)
+        log(f"{out}: removed {d.name}/, left by an interrupted checkpoint save")
 
 def train(model, tokenizer, train_set, eval_set, args, amp, prm, log=print) -> dict:
     """The whole run: returns {"before": eval, "after": eval}, writes OUT/metrics.jsonl and OUT/model."""
-    from tqdm.auto import tqdm  # ships with transformers (huggingface_hub)
-
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    # Linear warmup: Adam's first steps move every weight by about lr whatever its gradient's size
-    # (its second-moment estimate starts from one sample), which jolts a small model.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (args.warmup_steps + 1)))
+    # linear warmup: Adam's first steps move each weight by ~lr whatever its gradient, a jolt
+    warmup = lambda i: min(1.0, (i + 1) / (args.warmup_steps + 1))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
-    rng, queue, right_pool = random.Random(args.seed), [], collections.deque(maxlen=FLUENT_POOL)
-    control_rng = torch.Generator().manual_seed(args.seed)  # --bonus-control shuffle only
+    rng, right_pool = random.Random(args.seed), collections.deque(maxlen=FLUENT_POOL)  # epochs of shuffles
 
-    def next_problems():  # P prompts at a time, reshuffled every epoch over the train set
-        nonlocal queue
-        while len(queue) < args.prompts_per_step:
-            queue += rng.sample(range(len(train_set)), len(train_set))
-        picked, queue = queue[:args.prompts_per_step], queue[args.prompts_per_step:]
-        return [train_set[i] for i in picked]
+    order = (i for _ in itertools.count() for i in rng.sample(range(len(train_set)), len(train_set)))
+    next_problems = lambda: [train_set[next(order)] for _ in range(args.prompts_per_step)]  # noqa: E731
+
+    def write(rec, metrics_file):
+        print(json.dumps({k: v for k, v in rec.items() if not k.endswith("texts")}), file=metrics_file,
+              flush=True)
 
     def run_eval(step, metrics_file):
         t0 = time.perf_counter()
         ev = evaluate(model, tokenizer, eval_set, args, prm, amp, right_pool)
-        rec = {k: v for k, v in ev.items() if not k.endswith("texts")}
-        metrics_file.write(json.dumps(dict(rec, step=step, t_eval=time.perf_counter() - t0)) + "\n")
-        metrics_file.flush()
-        sampled = (f", sampled pass@1 {ev['eval_sampled_accuracy']:.1%} ({args.eval_samples} per problem)"
-                   if args.eval_samples else "")
-        log(f"step {step}: greedy pass@1 {ev['eval_accuracy']:.1%} on {len(eval_set)} problems{sampled}, "
-            f"trace errors {ev['eval_trace_error_rate']:.1%} of right answers, "
-            f"{ev['eval_steps_per_answer']:.2f} steps/answer")
+        write(dict(ev, step=step, t_eval=time.perf_counter() - t0), metrics_file)
+        sampled = f", sampled pass@1 {ev.get('eval_sampled_accuracy', 0):.1%} ({args.eval_samples}/problem)"
+        log(f"step {step}: greedy pass@1 {ev['eval_accuracy']:.1%} on {len(eval_set)} problems"
+            f"{sampled if args.eval_samples else ''}, trace errors {ev['eval_trace_error_rate']:.1%} of "
+            f"right answers, {ev['eval_steps_per_answer']:.2f} steps/answer")
         return ev
 
     with open(out_dir / "metrics.jsonl", "w") as mf:
         before = last = run_eval(0, mf)
         view = [train_set[0]]  # before any update there is no batch yet: sample one group to show
         log(teaching_view(rollout_step(model, tokenizer, view, args, prm, amp), view))
-        bar = tqdm(range(1, args.steps + 1), desc="progrs", file=sys.stdout, dynamic_ncols=True, disable=None)
-        for step in bar:
+        for step in range(1, args.steps + 1):
             problems = next_problems()
-            batch = rollout_step(model, tokenizer, problems, args, prm, amp, control_rng)
+            batch = rollout_step(model, tokenizer, problems, args, prm, amp)
             t0 = time.perf_counter()
             upd = update_policy(model, optimizer, batch, batch["adv"].flatten(), args, amp, ref_model)
             schedule.step()
-            rec = dict(step=step, **step_metrics(batch, args, right_pool), **upd, t_generate=batch["t_generate"],
-                       t_score=batch["t_score"], t_update=time.perf_counter() - t0)
-            if ref_model is None:
-                rec.pop("kl")
-            mf.write(json.dumps(rec) + "\n")
-            mf.flush()
-            bar.set_postfix(acc=f"{rec['train_accuracy']:.2f}", b=f"{rec['process_score']:.2f}",
-                            eval=f"{last['eval_accuracy']:.2f}")
+            rec = dict(step=step, **step_metrics(batch, args, right_pool), **upd,
+                       t_generate=batch["t_generate"], t_score=batch["t_score"],
+                       t_update=time.perf_counter() - t0)
+            write({k: v for k, v in rec.items() if k != "kl" or ref_model is not None}, mf)
+            log(f"step {step}: train accuracy {rec['train_accuracy']:.2f}, b {rec['process_score']:.2f}, "
+                f"fluent failures {rec['fluent_failure_rate'] or 0:.2f}, loss {rec['loss']:+.3f}")
             if step % args.eval_every == 0 or step == args.steps:
                 last = run_eval(step, mf)
-                bar.clear()
                 log(teaching_view(batch, problems))
             if step % args.save_every == 0 or step == args.steps:
                 save_checkpoint(model, tokenizer, out_dir, step)
-        bar.close()
     for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):  # greedy last
         if key in last:
-            log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} ({100 * (last[key] - before[key]):+.1f} "
-                f"points) on {len(eval_set)} problems after {args.steps} steps (mode {args.mode}, lam {args.lam})")
+            log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} ({100 * (last[key] - before[key]):+.1f}"
+                f" points), {len(eval_set)} problems, {args.steps} steps, mode {args.mode}, lam {args.lam}")
     return dict(before=before, after=last)
-
 
 # ----------------------------------------------------------------------------------------------------
 # Main: flags -> device and --out -> data -> model -> PRM -> train
 
 def pick_device(args) -> tuple[torch.device, bool]:
-    """(device, use bf16 autocast)."""
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     with contextlib.suppress(RuntimeError):
         device = torch.device(name)
@@ -1119,19 +918,16 @@ def pick_device(args) -> tuple[torch.device, bool]:
 
 def check_model_source(flag: str, name: str) -> None:
     """A local folder with a config.json, or something shaped like a hub id."""
-    path = Path(name)
-    if path.is_file():
-        raise ProgrsError(f"{flag} {name}: a file; expected a model folder or a hub id")
-    if not path.exists() and not (re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")):
-        raise ProgrsError(f"{flag} {name}: no such folder (expected a model folder or a hub id)")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise ProgrsError(f"{flag} {name}: no config.json in this folder (expected a saved model: "
+    path, hub_id = Path(name), re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
+    problem = ("a file" if path.is_file() else "no such folder" if not path.exists() and not hub_id
+               else "no config.json in this folder" if path.is_dir() and not (path / "config.json").is_file()
+               else None)
+    if problem:
+        raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
                           "config.json, weights and tokenizer files)")
 
 def load_model(name: str, device: torch.device):
-    """Tokenizer + causal LM from a local folder or the hub; the same code path for both."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     check_model_source("--model", name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -1140,20 +936,16 @@ def load_model(name: str, device: torch.device):
     except Exception as e:  # whatever the library raises: no network, truncated weights, bad config
         raise ProgrsError(f"--model {name}: could not load it ({first_line(e)})") from None
     tokenizer.padding_side = "left"  # generation appends on the right
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    # token_logprobs reads the head as a linear map of the last hidden state; check that on 3 tokens
-    ids = torch.tensor([[0, 1, 2]], device=device)
-    with torch.no_grad():
+    with torch.no_grad():  # token_logprobs reads the head as a linear map of the last hidden state
+        ids = torch.tensor([[0, 1, 2]], device=device)
         ref = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])
-        ours = token_logprobs(model, ids, torch.ones_like(ids), 1, 1.0, contextlib.nullcontext)
-    if not torch.allclose(ours.flatten(), ref.flatten(), atol=1e-3):
-        raise ProgrsError(f"--model {name}: its logits are not a plain linear head over the last "
-                          "hidden state, which token_logprobs assumes")
-    return model, tokenizer
+        if torch.allclose(token_logprobs(model, ids, torch.ones_like(ids), 1, 1.0, contextlib.nullcontext)
+                          .flatten(), ref.flatten(), atol=1e-3): return model, tokenizer
+    raise ProgrsError(f"--model {name}: its logits are not a linear head on the last hidden state")
 
 def apply_size_defaults(args, n_params: int) -> str:
-    """Fill every flag left at None from SIZE_DEFAULTS for the model's size; returns the size."""
     size = "tiny" if n_params < TINY_MAX_PARAMS else "llm"
     for k, v in SIZE_DEFAULTS[size].items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
@@ -1171,16 +963,13 @@ def build_prm(args, device, amp):
 
 def main(argv=None) -> dict:
     from transformers.utils import logging as hf_logging
-
     args = build_parser().parse_args(argv)
     check_args(args)
     hf_logging.set_verbosity_error()     # errors here are ours, one line each; no loading reports
     hf_logging.disable_progress_bar()
     device, bf16 = pick_device(args)
     prepare_out(args.out)                # a run never starts work it cannot save
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed in (random.seed, np.random.seed, torch.manual_seed): seed(args.seed)
     given = {f: load_data(getattr(args, f), split, f"--{f.replace('_', '-')}")  # fail before loading
              for f, split in (("data", "train"), ("eval_data", "test")) if getattr(args, f)}
     model, tokenizer = load_model(args.model, device)
@@ -1188,17 +977,16 @@ def main(argv=None) -> dict:
     size = apply_size_defaults(args, n_params)
     train_set = given.get("data") or load_data(args.data, "train", "--data")
     eval_set = given.get("eval_data") or load_data(args.eval_data, "test", "--eval-data")
-    eval_set = eval_set[:args.eval_size] if args.eval_size else eval_set
+    eval_set = eval_set[:args.eval_size or None]
     amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
     prm = build_prm(args, device, amp)
     torch.manual_seed(args.seed)  # loading a PRM may draw random numbers (an untrained head)
     print(f"model {args.model}: {n_params / 1e6:.2f}M parameters ({size} defaults) on {device}"
           f"{' (bf16 autocast)' if bf16 else ''}; {len(train_set)} train / {len(eval_set)} eval "
           f"problems; PRM {args.prm}, tau {args.prm_quantile}\n{json.dumps(vars(args), default=str)}")
-    bound = max_dominant_lam(args.group_size)
-    if args.mode == "progrs" and args.lam >= bound:
-        print(f"warning: --lam {args.lam} >= {bound:.2f}: with G={args.group_size} a wrong rollout "
-              "with sound-looking steps can reach a right rollout's advantage", file=sys.stderr)
+    if args.mode == "progrs" and args.lam >= (bound := max_dominant_lam(args.group_size)):
+        print(f"warning: --lam {args.lam} >= {bound:.2f}: with G={args.group_size} a wrong rollout with "
+              "sound-looking steps can reach a right rollout's advantage", file=sys.stderr)
     return train(model, tokenizer, train_set, eval_set, args, amp, prm)
 
 if __name__ == "__main__":

@@ -167,14 +167,15 @@ def test_strict_reading_centres_both_outcome_classes():
 
 
 def test_bonus_controls_keep_values_or_offsets_and_drop_the_link():
+    from tiny_task.controls import control_bonus
     s, _ = random_groups(n=500)
     b = (s + 2) / 4
-    shuffled = progrs.control_bonus(b, "shuffle", torch.Generator().manual_seed(0))
+    shuffled = control_bonus(b, "shuffle", torch.Generator().manual_seed(0))
     assert torch.equal(shuffled.sort(-1).values, b.sort(-1).values)    # same values in each group
     assert (shuffled != b).any(-1).float().mean() > 0.9               # but moved
-    const = progrs.control_bonus(b, "constant")
+    const = control_bonus(b, "constant")
     assert torch.allclose(const, torch.full_like(b, float(b.mean())))
-    assert progrs.control_bonus(b, "none") is b
+    assert control_bonus(b, "none") is b
 
 
 def test_max_dominant_lam_is_tight():

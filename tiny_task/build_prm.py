@@ -72,6 +72,7 @@ GEN_PREFIXES = 16           # prefixes per generate() call, K sequences each
 # model and optimisation
 TAUS = (0.1, 0.5, 0.9)
 LABELS = {i: f"q{t}" for i, t in enumerate(TAUS)}
+DEFAULT_TAU = 0.5          # written into config.json as progrs_quantile
 TRAIN_STEPS, BATCH, LR, WARMUP, WEIGHT_DECAY = 300, 32, 1e-3, 30, 0.01
 # report
 BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -323,6 +324,9 @@ def main():
     prm = AutoModelForTokenClassification.from_pretrained(
         POLICY, num_labels=len(TAUS), id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     prm.config.pad_token_id = tok.pad_token_id
+    # the quantile progrs.py reads by default (--prm-quantile overrides): at the lowest, 0.1, the bonus
+    # is about a tenth of the toy PRM's on the same rollouts and training is nearly outcome-only
+    prm.config.progrs_quantile = DEFAULT_TAU
     train(prm, tok, [(p["question"], s) for p, s in zip(train_set, train_sol)], train_rates)
     OUT.mkdir(exist_ok=True)
     prm.save_pretrained(OUT)
@@ -334,6 +338,7 @@ def main():
     saved = ModelPRM(str(OUT), torch.device("cpu"), contextlib.nullcontext, batch_size=64)
     learned = torch.cat(saved.score_batch(questions, test_sol))                    # (N, Q)
     assert saved.model.config.id2label == LABELS and saved.taus == TAUS, saved.model.config.id2label
+    assert saved.default_tau == DEFAULT_TAU
     ids, mask, _, _ = batch_inputs(saved.tokenizer, list(zip(questions, test_sol))[:64])
     with torch.no_grad():
         same = torch.equal(saved.model(input_ids=ids, attention_mask=mask).logits,
