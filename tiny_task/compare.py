@@ -138,8 +138,9 @@ def fluent_runs(a) -> dict:
 
 
 def run_all(jobs: dict, a) -> dict:
-    """{key: (run folder, flags)} -> {key: run()}, --jobs at a time, the slower learned-PRM runs first."""
-    order = sorted(jobs, key=lambda k: "learned" not in k)
+    """{key: (run folder, flags)} -> {key: run()}, --jobs at a time, the slower learned-PRM runs first
+    (the fluent regime: seed by seed, so that whole seeds finish first on a slow machine)."""
+    order = sorted(jobs, key=lambda k: (k[-1] if a.regime == "fluent" else 0, "learned" not in k))
     with ThreadPoolExecutor(a.jobs) as pool:
         futures = {k: pool.submit(run, *jobs[k]) for k in order}
         return {k: f.result() for k, f in futures.items()}
