@@ -6,6 +6,8 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -485,11 +487,11 @@ def make_batch(model, tok, seed=0, n=8):
     return progrs.generate(model, tok, prompts, n // 2, 40, 1.0, no_amp)
 
 
-def grads_after_update(model, batch, adv, micro_batch):
+def grads_after_update(model, batch, adv, micro_batch, *flags):
     m = type(model)(model.config)
     m.load_state_dict(model.state_dict())
     opt = torch.optim.SGD(m.parameters(), lr=0.0)                     # keep weights, read gradients
-    args = progrs.build_parser().parse_args([])
+    args = progrs.build_parser().parse_args(list(flags))
     args.micro_batch, args.max_grad_norm = micro_batch, 1e9
     progrs.update_policy(m, opt, batch, adv, args, no_amp)
     return torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
@@ -1038,3 +1040,469 @@ def test_llm_sized_model_trains_two_steps_on_gsm8k_files(llm_sized, tmp_path):
     assert len(steps) == 2 and all(r["completion_tokens"] <= 16 for r in steps)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["lr"] == 1e-6 and config["eval_every"] == 25          # the LLM-size defaults
+
+
+# ----------------------------------------------------------------------------------------------------
+# Wiring: values against hand computations, so that a one-line slip in the trainer shows
+
+def test_absolute_blend_is_r_plus_lam_b_normalised_within_each_group():
+    """--mode absolute: x = r + lam * b, then (x - mean) / (population std + eps) in each group."""
+    ok = torch.tensor([[True, False, False, False], [False, False, True, True]])
+    b = torch.tensor([[0.1, 0.9, 0.2, 0.2], [0.5, 0.0, 1.0, 0.3]])
+    adv, _, _ = compute_advantages(ok, b, "absolute", 1.5)
+    # row 1: x = (1.15, 1.35, 0.3, 0.3), mean 0.775, std sqrt(0.9225 / 4) = 0.48023
+    want = torch.tensor([[0.7809, 1.1973, -0.9891, -0.9891], [-0.4615, -1.2759, 1.4388, 0.2986]])
+    assert torch.allclose(adv, want, atol=1e-4)
+
+
+def coherence_by_hand(s, windows=(2, 4), sliding=True):
+    """The coherence rule spelled out: windows of min(W, S) steps, sliding by one."""
+    per_scale = []
+    for w in (min(w, len(s)) for w in windows):
+        starts = range(0, len(s) - w + 1, 1 if sliding else w)
+        r = []
+        for x in (s[i:i + w] for i in starts):
+            mu = sum(x) / w
+            r.append(mu * math.exp(-math.sqrt(sum((v - mu) ** 2 for v in x) / w) / mu))
+        per_scale.append(sum(r) / len(r))
+    return sum(per_scale) / len(per_scale)
+
+
+def test_coherence_slides_windows_of_two_and_four_steps():
+    """3 steps: windows of 2 and of all 3; 5 and 6 steps: windows of 2 and 4, sliding by one step."""
+    s6 = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6]
+    want = {3: 0.535656, 5: 0.378149, 6: 0.403379}
+    for n, value in want.items():
+        assert coherence_score(s6[:n]) == pytest.approx(value, abs=1e-6)
+        assert coherence_by_hand(s6[:n]) == pytest.approx(value, abs=1e-6)
+    for other in (dict(windows=(2, 3)), dict(windows=(2, 5)), dict(windows=(3, 4)), dict(sliding=False)):
+        assert any(abs(coherence_by_hand(s6[:n], **other) - v) > 1e-3 for n, v in want.items())
+
+
+def gauge_batch():
+    """One mixed group and one all-wrong group (G = 4); the last rollout has no judged step."""
+    correct = torch.tensor([[True, False, False, False], [False, False, False, False]])
+    b = torch.tensor([[0.8, 0.6, 0.5, 0.1], [0.45, 0.1, 0.9, 0.0]])
+    adv, a_out, bonus = compute_advantages(correct, b, "progrs", 1.0)
+    return dict(correct=correct, b_grid=b, bonus=bonus, adv=adv, a_out=a_out, judged=[True] * 7 + [False],
+                trace_error=[False] * 8, n_steps=[2] * 8, completion_mask=torch.ones(8, 5, dtype=torch.bool),
+                truncated=torch.zeros(8, dtype=torch.bool), unscorable=[False] * 8)
+
+
+def test_fluent_failure_gauge_counts_wrong_rollouts_that_reach_the_median_right_b():
+    """Pool = the run's right b's (0.4, 0.5) + this batch's (0.8): median 0.5. Wrong, judged and b >= 0.5:
+    0.6, 0.5 and 0.9, so 3 of 8. The share of the all-wrong group's positive advantage that goes to them:
+    A = b - mean b = (0.0875, -0.2625, 0.5375, -0.3625), so 0.5375 / (0.0875 + 0.5375) = 0.86."""
+    pool, batch = [0.4, 0.5], gauge_batch()
+    m = progrs.step_metrics(batch, types.SimpleNamespace(group_size=4), pool)
+    assert m["fluent_failure_rate"] == pytest.approx(3 / 8)
+    assert m["all_wrong_push_to_fluent"] == pytest.approx(0.86, abs=1e-6)
+    assert batch["fluent"].tolist() == [[False, True, True, False], [False, False, True, False]]
+    assert pool == pytest.approx([0.4, 0.5, 0.8])                     # this step's right b joins the pool
+    assert (m["groups_all_wrong"], m["groups_all_correct"], m["train_accuracy"]) == (1, 0, 1 / 8)
+    assert m["process_score_correct"] == pytest.approx(0.8)
+    assert m["process_score_incorrect"] == pytest.approx((0.6 + 0.5 + 0.1 + 0.45 + 0.1 + 0.9) / 7)
+    # no right rollout yet, in the pool or the batch: no median, no gauge
+    batch["correct"] = torch.zeros(2, 4, dtype=torch.bool)
+    m = progrs.step_metrics(batch, types.SimpleNamespace(group_size=4), [])
+    assert m["fluent_failure_rate"] is None and not batch["fluent"].any()
+
+
+def test_evaluation_reports_the_fluent_failure_rate_against_the_training_pool(monkeypatch):
+    """evaluate's gauge uses the right b's seen in training: sound-looking wrong answers count."""
+    texts = ["2 + 2 = 4\nAnswer: 4", "Add.\n2 + 2 = 4\nAnswer: 5", "2 + 2 = 5\nAnswer: 5", "Answer: 5"]
+    monkeypatch.setattr(progrs, "generate", lambda model, tok, prompts, n, *a, **k: dict(texts=texts))
+    args = progrs.build_parser().parse_args(["--eval-batch", "8"])
+    args.q_index, args.max_new_tokens = 0, 8
+    problems = [{"question": "What is 2 + 2?", "gold": "4"}] * 4
+    ev = progrs.evaluate(None, None, problems, args, ToyPRM(), no_amp, right_pool=[0.9, 0.95])
+    true, false = (coherence_score(ToyPRM().score("", [s])[:, 0]) for s in ("2 + 2 = 4", "2 + 2 = 5"))
+    assert ev["eval_accuracy"] == 0.25 and ev["eval_process_score"] == pytest.approx((2 * true + false) / 4)
+    assert ev["eval_fluent_failure_rate"] == 0.0                      # 0.63 is below the pool's median
+    ev = progrs.evaluate(None, None, problems, args, ToyPRM(), no_amp, right_pool=[0.1, 0.2])
+    assert ev["eval_fluent_failure_rate"] == 0.25                     # the fluent wrong one, alone
+
+
+def test_rollout_step_scores_with_the_named_column_and_the_runs_mode_and_lam(monkeypatch):
+    """b is the coherence of the q_index column; A follows --mode and --lam."""
+    problems = [{"question": f"What is {i} + 1?", "gold": str(i + 1)} for i in range(2)]
+    texts = lambda i, j: f"{i} + 1 = {i + 1}\n{i} + 2 = {i + 2 + j % 2}\nAnswer: {i + j}"  # noqa: E731
+    args = fake_rollouts(monkeypatch, 4, texts)
+    for mode, lam, q_index in (("progrs", 0.7, 2), ("absolute", 1.3, 1), ("outcome", 1.0, 0)):
+        args.mode, args.lam, args.q_index = mode, lam, q_index
+        batch = progrs.rollout_step(None, None, problems, args, ToyPRM(), no_amp)
+        b = torch.tensor([[coherence_score(ToyPRM().score("", split_steps(texts(i, j)))[:, q_index])
+                           for j in range(4)] for i in range(2)])
+        assert torch.allclose(batch["b_grid"], b)
+        assert torch.allclose(batch["adv"], compute_advantages(batch["correct"], b, mode, lam)[0])
+    assert batch["correct"].tolist() == [[False, True, False, False]] * 2
+
+
+def test_teaching_view_shows_the_most_mixed_group_and_marks_fluent_failures():
+    batch = gauge_batch()
+    batch = dict(batch, **{k: batch[k].flip(0) for k in ("correct", "b_grid", "bonus", "adv", "a_out")})
+    batch["fluent"] = torch.tensor([[False, False, True, False], [False, True, False, False]])
+    batch["texts"] = [f"text {r}" for r in range(8)]
+    batch["step_scores"] = [[0.5, math.nan]] * 8
+    view = progrs.teaching_view(batch, [{"question": "first?", "gold": "1"}, {"question": "second?", "gold": "2"}])
+    lines = view.splitlines()
+    assert lines[0].startswith("question: second?")                   # the mixed group, not the first
+    assert [x.split()[0] for x in lines[2:6]] == ["yes", "no*", "no", "no"] and "text 4" in lines[2]
+    assert lines[-1].startswith("no* = fluent failure")
+
+
+def test_check_args_ranges_are_strict_or_inclusive_as_written():
+    """"> 0" refuses 0, ">= 0" accepts it, ">= 1" refuses 0; every float must be finite."""
+    def refused(*flags):
+        try:
+            progrs.check_args(progrs.build_parser().parse_args(list(flags)))
+        except progrs.ProgrsError as e:
+            assert flags[0] in str(e)
+            return True
+        return False
+    assert refused("--temperature", "0") and refused("--lr", "0") and refused("--max-grad-norm", "0")
+    assert not refused("--lam", "0") and not refused("--eval-size", "0") and not refused("--kl-coef", "0")
+    assert refused("--eval-every", "0") and not refused("--eval-every", "1")
+    assert refused("--prm-quantile", "nan") and not refused("--temperature", "0.01")
+
+
+def test_build_prm_reads_the_flag_else_the_configs_quantile_else_the_lowest():
+    def built(*flags):
+        args = progrs.build_parser().parse_args(list(flags))
+        progrs.build_prm(args, torch.device("cpu"), no_amp)
+        return args.prm_quantile, args.q_index
+    assert built() == (0.1, 0)                                        # the toy PRM: its lowest
+    assert built("--prm-quantile", "0.9") == (0.9, 2)
+    learned = str(HERE / "tiny_task" / "prm")                         # its config names 0.5
+    assert built("--prm", learned) == (0.5, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Which token of each step a learned PRM reads
+
+def test_prm_inputs_end_each_step_at_its_last_token(tiny):
+    _, tok = tiny
+    prompt = progrs.build_prompt(QUESTION)
+    ids, ends = progrs.prm_inputs(tok, QUESTION, STEPS)
+    assert ends[-1] == len(ids) - 1
+    for k, e in enumerate(ends):                                      # up to and including "step\n"
+        assert tok.decode(ids[:e + 1]) == prompt + "".join(s + "\n" for s in STEPS[:k + 1])
+    ids, ends = progrs.prm_inputs(tok, QUESTION, STEPS, tag="#")
+    for k, e in enumerate(ends):                                      # at the tag, before its newline
+        assert tok.decode(ids[:e + 1]) == prompt + "".join(f"{s} #\n" for s in STEPS[:k]) + f"{STEPS[k]} #"
+    assert tok.decode(ids) == prompt + "".join(f"{s} #\n" for s in STEPS)
+
+
+def test_learned_prms_read_the_logits_at_each_steps_last_token(tmp_path):
+    """A quantile head and a causal LM at a step tag, against a forward pass done by hand."""
+    prm = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"], seed=3))
+    ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
+    with torch.no_grad():
+        z = prm.model(input_ids=torch.tensor([ids])).logits[0]
+    got = prm.score(QUESTION, STEPS)
+    assert torch.allclose(got, progrs.quantiles_from_logits(z[ends]), atol=1e-5)
+    assert not torch.allclose(got, progrs.quantiles_from_logits(z[[e - 1 for e in ends]]), atol=1e-3)
+    lm = progrs.ModelPRM(str(TINY_MODEL), torch.device("cpu"), no_amp, tag="#", tokens="+,-")
+    assert lm.kind == "step-tag" and lm.taus == (0.5,)
+    ids, ends = progrs.prm_inputs(lm.tokenizer, QUESTION, STEPS, "#")
+    good, bad = (lm.tokenizer.convert_tokens_to_ids(t) for t in ("+", "-"))
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0, ends]
+    want = logits[:, [good, bad]].softmax(-1)[:, 0]                  # p(good) / (p(good) + p(bad))
+    assert torch.allclose(lm.score(QUESTION, STEPS)[:, 0], want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The update: clipping, several epochs, the temperature
+
+def params_of(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_gradient_clipping_logs_the_norm_before_and_steps_by_the_clipped_gradient(tiny):
+    """--max-grad-norm: grad_norm is logged before clipping; the step uses the clipped gradient."""
+    model, tok = tiny
+    batch = make_batch(model, tok)
+    adv = torch.linspace(-1.5, 1.5, 8)
+    full = grads_after_update(model, batch, adv, 8)                   # max norm 1e9: not clipped
+    norm = float(full.norm())
+    m = copy_of(model)
+    before = params_of(m)
+    args = progrs.build_parser().parse_args(["--micro-batch", "8", "--max-grad-norm", str(norm / 4)])
+    stats = progrs.update_policy(m, torch.optim.SGD(m.parameters(), lr=1.0), batch, adv, args, no_amp)
+    assert stats["grad_norm"] == pytest.approx(norm, rel=1e-3)
+    step = before - params_of(m)                                      # SGD, lr 1: the gradient used
+    assert step.shape == full.shape
+    assert (step - full / 4).norm() < 1e-3 * (full / 4).norm()
+
+
+def test_each_ppo_epoch_starts_from_zero_gradients_against_the_first_epochs_log_probs(tiny):
+    """--ppo-epochs 2: the second epoch's gradient is the clipped loss's at the moved weights, against
+    the log-probs of the first epoch, and nothing from the first epoch's gradient is carried over.
+    The logged loss is the first epoch's: -(1/N) sum_i A_i len_i."""
+    model, tok = tiny
+    batch = make_batch(model, tok)
+    adv, lr, mask = torch.linspace(-1.5, 1.5, 8), 3.0, batch["completion_mask"].float()
+    args = progrs.build_parser().parse_args(["--micro-batch", "3", "--ppo-epochs", "2",
+                                             "--max-grad-norm", "1e9"])
+    m = copy_of(model)
+    stats = progrs.update_policy(m, torch.optim.SGD(m.parameters(), lr=lr), batch, adv, args, no_amp)
+    got = torch.cat([p.grad.flatten() for p in m.parameters()])
+    assert stats["loss"] == pytest.approx(float(-(adv[:, None] * mask).sum() / mask.sum()), rel=1e-5)
+    # by hand: one SGD step along the first gradient, then the clipped loss against the old log-probs
+    lp_args = (batch["input_ids"], batch["attention_mask"], batch["prompt_len"], 1.0, no_amp)
+    with torch.no_grad():
+        old = progrs.token_logprobs(model, *lp_args)
+    g0 = grads_after_update(model, batch, adv, 8)
+    h = copy_of(model)
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(params_of(h) - lr * g0, h.parameters())
+    loss, _ = progrs.policy_loss(progrs.token_logprobs(h, *lp_args), old, adv, mask, mask.sum())
+    loss.backward()
+    want = torch.cat([p.grad.flatten() for p in h.parameters()])
+    ratio = torch.exp(progrs.token_logprobs(h, *lp_args).detach() - old)[mask.bool()]
+    assert (ratio - 1).abs().max() > 0.05                              # the weights did move
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-3)
+
+
+def test_the_update_reads_log_probs_at_the_sampling_temperature(tiny):
+    """With A = 1 the gradient is that of the mean NLL of softmax(logits / T) at the run's --temperature."""
+    model, tok = tiny
+    batch = make_batch(model, tok)
+    mask = batch["completion_mask"]
+    got = grads_after_update(model, batch, torch.ones(8), 8, "--temperature", "0.5")
+    want = {}
+    for t in (0.5, 1.0):
+        m = copy_of(model)
+        lp = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
+                                   t, no_amp)
+        (-(lp * mask).sum() / mask.sum()).backward()
+        want[t] = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+    assert torch.allclose(got, want[0.5], atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(got, want[1.0], atol=1e-6, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs whose logged numbers must follow their flags (in-process, the small settings above)
+
+@pytest.fixture(scope="module")
+def quantile_runs(tmp_path_factory):
+    """Two 2-step runs, the same seed, the toy PRM read at tau 0.1 and at 0.9, with 3 warmup steps; the
+    learning rate of each update is recorded."""
+    runs = {}
+    for q in ("0.1", "0.9"):
+        out, lrs = tmp_path_factory.mktemp(f"q{q}"), []
+        real = progrs.update_policy
+
+        def recording(model, optimizer, *args, **kwargs):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            return real(model, optimizer, *args, **kwargs)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(progrs, "update_policy", recording)
+            progrs.main(small(out, "--prm-quantile", q, "--warmup-steps", "3", "--eval-size", "8",
+                              "--max-new-tokens", "40"))
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[q] = dict(rows=rows, lrs=lrs, config=json.loads((out / "config.json").read_text()))
+    return runs
+
+
+def test_prm_quantile_flag_picks_the_column_a_run_scores_with(quantile_runs, tiny):
+    """The logged process scores follow --prm-quantile: the first evaluation's b equals the toy PRM's
+    named column over the starting model's greedy completions, worked out here by hand."""
+    model, tok = tiny
+    problems = load_problems(HERE / "tiny_task" / "test.jsonl")[:8]
+    prompts = [progrs.build_prompt(p["question"]) for p in problems]
+    texts = progrs.generate(model, tok, prompts, 1, 40, 0.0, no_amp)["texts"]
+    for q, column in (("0.1", 0), ("0.9", 2)):
+        run = quantile_runs[q]
+        assert run["config"]["prm_quantile"] == float(q) and run["config"]["q_index"] == column
+        want = sum(coherence_score(ToyPRM().score(p["question"], split_steps(t))[:, column])
+                   for p, t in zip(problems, texts)) / len(texts)
+        assert run["rows"][0]["step"] == 0 and run["rows"][0]["eval_process_score"] == pytest.approx(want)
+    low, high = ([r["process_score"] for r in quantile_runs[q]["rows"] if "process_score" in r]
+                 for q in ("0.1", "0.9"))
+    assert len(low) == len(high) == 2 and low[0] < high[0]            # step 1: the same rollouts
+
+
+def test_warmup_raises_the_learning_rate_linearly_from_the_first_update(quantile_runs):
+    """--warmup-steps 3: update k (from 1) runs at lr * k / 4, until it reaches lr."""
+    lr = quantile_runs["0.1"]["config"]["lr"]
+    assert quantile_runs["0.1"]["lrs"] == pytest.approx([lr / 4, lr / 2])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: one stderr line naming the flag or file, no traceback, a non-zero exit, and where the
+# input is --out, --device or data, before the model loads. All cases run in one Python process, each
+# as `python progrs.py ...` would (runpy, __main__), with the model loader watched.
+
+CLI_RUNNER = r"""
+import contextlib, io, json, runpy, sys, traceback
+import transformers
+loads, real = [], transformers.AutoModelForCausalLM.from_pretrained
+transformers.AutoModelForCausalLM.from_pretrained = lambda *a, **k: (loads.append(a[0]), real(*a, **k))[1]
+results = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    err, n = io.StringIO(), len(loads)
+    sys.argv = ["progrs.py", *argv]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path("progrs.py", run_name="__main__")
+            code = 0
+        except SystemExit as e:   # sys.exit("message") prints the message and exits with 1
+            code = e.code if e.code is None or isinstance(e.code, int) else print(e.code, file=sys.stderr) or 1
+        except BaseException:
+            traceback.print_exc()
+            code = "uncaught"
+    results[name] = dict(code=code, stderr=err.getvalue(), model_loaded=len(loads) > n)
+print(json.dumps(results))
+"""
+
+
+def truncated_copy(src, dst):
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """{case: (result, needles, before the model loads)} for every bad input below."""
+    tmp = tmp_path_factory.mktemp("bad_input")
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("not a folder\n")
+    good = json.dumps({"question": "What is 1 + 1?", "answer": "2"})
+    data = {}
+    for name, record in (("answer true", {"answer": True}), ("answer false", {"answer": False}),
+                         ("answer null", {"answer": None}), ("answer list", {"answer": ["2"]}),
+                         ("long question", {"answer": "2", "question": "x" * (progrs.MAX_CHARS + 1)})):
+        data[name] = tmp / (name.replace(" ", "_") + ".jsonl")
+        data[name].write_text(good + "\n" + json.dumps({"question": "What is 2 + 2?", **record}) + "\n")
+    model, prm = truncated_copy(TINY_MODEL, tmp / "trunc_model"), truncated_copy(HERE / "tiny_task" / "prm",
+                                                                                 tmp / "trunc_prm")
+    cases = {  # name: (flags, needles in the one line, refused before the model loads)
+        "truncated model weights": (["--model", str(model)], [f"--model {model}"], False),
+        "device mps": (["--device", "mps"], ["--device mps"], True),
+        "device cuda:3": (["--device", "cuda:3"], ["--device cuda:3"], True),
+        "out below a file": (["--out", str(a_file / "out")], [f"--out {a_file / 'out'}"], True),
+        "out cannot be created": (["--out", "/proc/x/y"], ["--out /proc/x/y"], True),
+        "out is a file": (["--out", str(a_file)], [f"--out {a_file}"], True),
+        "model is a plain file": (["--model", str(a_file)], [f"--model {a_file}", "a file"], True),
+        "truncated prm weights": (["--prm", str(prm)], [f"--prm {prm}"], False),
+        "prm tag not one token": (["--prm", str(TINY_MODEL), "--prm-tag", "ZQZQ"], ["--prm-tag", "ZQZQ"], False),
+        **{name: (["--data", str(path)], [f"{path}:2"], True) for name, path in data.items() if name != "long question"},
+        "long question": (["--eval-data", str(data["long question"])],
+                          [f"{data['long question']}:2", f"{progrs.MAX_CHARS:,} characters"], True),
+    }
+    # small settings, so that a check that lets its fault through still finishes soon
+    quick = ["--steps", "1", "--prompts-per-step", "1", "--group-size", "2", "--eval-size", "1",
+             "--max-new-tokens", "4"]
+    argv = {name: quick + ([] if "--out" in flags else ["--out", str(tmp / "out")]) + flags
+            for name, (flags, _, _) in cases.items()}
+    proc = subprocess.run([sys.executable, "-c", CLI_RUNNER, json.dumps(argv)], cwd=HERE,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: (results[name], needles, early) for name, (_, needles, early) in cases.items()}
+
+
+BAD_INPUTS = ["truncated model weights", "device mps", "device cuda:3", "out below a file",
+              "out cannot be created", "out is a file", "model is a plain file", "truncated prm weights",
+              "prm tag not one token", "answer true", "answer false", "answer null", "answer list",
+              "long question"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_naming_it_and_early(bad_input_runs, case):
+    if case == "device cuda:3" and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a cuda:3")
+    result, needles, before_model = bad_input_runs[case]
+    err = result["stderr"].strip().splitlines()
+    assert result["code"] not in (0, None, "uncaught"), result["stderr"][-2000:]
+    assert len(err) == 1 and all(n in err[0] for n in needles), result["stderr"][-2000:]
+    if before_model:
+        assert not result["model_loaded"], "refused only after the model had loaded"
+
+
+def test_answers_that_are_not_strings_or_numbers_are_refused_and_numbers_kept(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"question": "q?", "answer": a}) + "\n" for a in (42, 2.5, "7")))
+    assert [p["gold"] for p in load_problems(path)] == ["42", "2.5", "7"]
+    for bad in (True, False, None, ["2"], {"a": 1}):
+        path.write_text(json.dumps({"question": "q?", "answer": bad}) + "\n")
+        with pytest.raises(progrs.ProgrsError, match="d.jsonl:1: expected an object"):
+            load_problems(path)
+    path.write_text(json.dumps({"question": "x" * progrs.MAX_CHARS, "answer": "1"}) + "\n")
+    assert len(load_problems(path)) == 1                              # at the limit: kept
+    path.write_text(json.dumps({"question": "q?", "answer": "1" * (progrs.MAX_CHARS + 1)}) + "\n")
+    with pytest.raises(progrs.ProgrsError, match="d.jsonl:1: a question or answer over"):
+        load_problems(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A checkpoint save killed midway: the next run cleans up, says so, and trains
+
+SLOW_SAVE = r"""
+import sys, time
+from pathlib import Path
+import torch, progrs
+model, tok = progrs.load_model(sys.argv[1], torch.device("cpu"))
+out = Path(sys.argv[2])
+progrs.save_checkpoint(model, tok, out, 1)               # a whole checkpoint
+real = model.save_pretrained
+def slow(path, *args, **kwargs):                         # writes the weights, then stalls
+    real(path, *args, **kwargs)
+    print("writing", flush=True)
+    time.sleep(600)
+model.save_pretrained = slow
+progrs.save_checkpoint(model, tok, out, 2)               # killed while model.tmp is half written
+"""
+
+
+def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_next_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(TINY_MODEL), str(out)], cwd=HERE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing", child.stderr.read()[-2000:]
+        assert (out / "model.tmp" / "model.safetensors").exists()
+        assert not (out / "model.tmp" / "progrs_step.json").exists()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    shutil.copytree(out, tmp_path / "again")
+    logged = []
+    progrs.prepare_out(str(out), log=logged.append)
+    assert len(logged) == 1 and "removed model.tmp/" in logged[0]
+    assert sorted(p.name for p in out.iterdir()) == ["model"]
+    assert json.loads((out / "model" / "progrs_step.json").read_text()) == {"step": 1}  # the whole one
+    # a run into the same folder: cleans up, says so on one line, trains, leaves only its checkpoint
+    progrs.main(small(tmp_path / "again", "--steps", "1", "--eval-size", "2", "--max-new-tokens", "8"))
+    said = [x for x in capsys.readouterr().out.splitlines() if "interrupted checkpoint save" in x]
+    assert len(said) == 1 and "removed model.tmp/" in said[0]
+    assert not {"model.tmp", "model.old"} & {p.name for p in (tmp_path / "again").iterdir()}
+    assert json.loads((tmp_path / "again" / "model" / "progrs_step.json").read_text()) == {"step": 1}
+
+
+def test_a_save_killed_between_its_two_renames_gets_the_last_model_back(tmp_path, tiny):
+    """model -> model.old, then model.tmp -> model: killed in between, model/ is missing."""
+    model, tok = tiny
+    progrs.save_checkpoint(model, tok, tmp_path, 3)
+    (tmp_path / "model").rename(tmp_path / "model.old")
+    (tmp_path / "model.tmp").mkdir()
+    (tmp_path / "model.tmp" / "progrs_step.json").write_text(json.dumps({"step": 4}))
+    logged = []
+    progrs.prepare_out(str(tmp_path), log=logged.append)
+    assert len(logged) == 2 and "restored model/ from model.old/" in logged[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 3}
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    # killed after the second rename: model/ is the new one, model.old/ only a leftover
+    progrs.save_checkpoint(model, tok, tmp_path, 5)
+    shutil.copytree(tmp_path / "model", tmp_path / "model.old")
+    logged.clear()
+    progrs.prepare_out(str(tmp_path), log=logged.append)
+    assert len(logged) == 1 and "removed model.old/" in logged[0]
+    assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
