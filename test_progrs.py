@@ -145,6 +145,12 @@ def test_absolute_blend_can_put_a_wrong_answer_above_a_right_one():
     assert dominance_violations(adv_pro, ok) == 0
 
 
+def test_a_wrong_rollout_tied_with_a_right_one_is_a_dominance_violation():
+    adv = torch.tensor([[1.0, 1.0, 0.5, 2.0], [0.3, -0.1, 0.3, 0.3]])
+    ok = torch.tensor([[True, False, False, True], [True, False, False, True]])
+    assert dominance_violations(adv, ok) == 1 + 2                     # ties count: A_j >= A_i
+
+
 def test_all_incorrect_row_learns_only_from_centered_bonus():
     ok = torch.zeros(1, 4, dtype=torch.bool)
     b = torch.tensor([[0.2, 0.8, 0.5, 0.1]])
@@ -1265,6 +1271,29 @@ def test_each_ppo_epoch_starts_from_zero_gradients_against_the_first_epochs_log_
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-3)
 
 
+def test_kl_to_the_reference_model_is_logged_and_trained(tiny):
+    """--kl-coef 0.5 with every A = 0: the loss is 0.5 * KL, with KL the k3 estimate against the reference
+    model's log-probs, over the batch's tokens; its gradient pulls the policy back to the reference."""
+    model, tok = tiny
+    batch = make_batch(model, tok)
+    mask = batch["completion_mask"].float()
+    ref = copy_of(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(1.05)
+    lp_args = (batch["input_ids"], batch["attention_mask"], batch["prompt_len"], 1.0, no_amp)
+    with torch.no_grad():
+        d = progrs.token_logprobs(ref, *lp_args) - progrs.token_logprobs(model, *lp_args)
+    want = float(((d.exp() - d - 1) * mask).sum() / mask.sum())
+    m = copy_of(model)
+    args = progrs.build_parser().parse_args(["--micro-batch", "3", "--kl-coef", "0.5", "--max-grad-norm", "1e9"])
+    stats = progrs.update_policy(m, torch.optim.SGD(m.parameters(), lr=0.0), batch, torch.zeros(8), args,
+                                 no_amp, ref_model=ref)
+    assert want > 1e-3 and stats["kl"] == pytest.approx(want, rel=1e-4)
+    assert stats["loss"] == pytest.approx(0.5 * want, rel=1e-4)
+    assert stats["grad_norm"] > 0
+
+
 def test_the_update_reads_log_probs_at_the_sampling_temperature(tiny):
     """With A = 1 the gradient is that of the mean NLL of softmax(logits / T) at the run's --temperature."""
     model, tok = tiny
@@ -1302,7 +1331,8 @@ def quantile_runs(tmp_path_factory):
             progrs.main(small(out, "--prm-quantile", q, "--warmup-steps", "3", "--eval-size", "8",
                               "--max-new-tokens", "40"))
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        runs[q] = dict(rows=rows, lrs=lrs, config=json.loads((out / "config.json").read_text()))
+        runs[q] = dict(rows=rows, lrs=lrs, config=json.loads((out / "config.json").read_text()),
+                       saved=json.loads((out / "model" / "progrs_step.json").read_text())["step"])
     return runs
 
 
@@ -1328,6 +1358,14 @@ def test_warmup_raises_the_learning_rate_linearly_from_the_first_update(quantile
     """--warmup-steps 3: update k (from 1) runs at lr * k / 4, until it reaches lr."""
     lr = quantile_runs["0.1"]["config"]["lr"]
     assert quantile_runs["0.1"]["lrs"] == pytest.approx([lr / 4, lr / 2])
+
+
+def test_a_run_shorter_than_eval_every_still_evaluates_and_saves_its_last_step(quantile_runs):
+    """--eval-every and --save-every default to 20 on the tiny model: a 2-step run evaluates at the start
+    and at its last step, and saves the last step."""
+    run = quantile_runs["0.1"]
+    assert (run["config"]["eval_every"], run["config"]["save_every"]) == (20, 20)
+    assert [r["step"] for r in run["rows"] if "eval_accuracy" in r] == [0, 2] and run["saved"] == 2
 
 
 # ----------------------------------------------------------------------------------------------------
