@@ -84,7 +84,11 @@ HEAD_END = "<!-- compare.py writes everything below this line; the head above wa
 def run(out: Path, flags: list[str]) -> dict:
     """One progrs.py run (skipped if it finished before with the same flags); returns its metric
     lines and wall time."""
-    done = out / "done.json"
+    done, script = out / "done.json", [str(ROOT / "progrs.py")]
+    if "--bonus-control" in flags:  # the experiment controls run progrs.py through controls.py
+        from controls import split_control
+        control, flags = split_control(flags)
+        script = [str(HERE / "controls.py"), "--bonus-control", control]
     if done.exists():
         import progrs
         given = vars(progrs.build_parser().parse_args(flags))
@@ -99,7 +103,7 @@ def run(out: Path, flags: list[str]) -> dict:
         t0 = time.perf_counter()
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         with open(out / "log.txt", "w") as log:
-            proc = subprocess.run([sys.executable, str(ROOT / "progrs.py"), "--out", str(out), *flags],
+            proc = subprocess.run([sys.executable, *script, "--out", str(out), *flags],
                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             last = (out / "log.txt").read_text().strip().splitlines()[-1:]
