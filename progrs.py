@@ -476,7 +476,7 @@ class ToyPRM:
 
 STEP_SEP = "\n"
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
-_GOOD_LABEL = re.compile(r"good|pos|\+|correct|1", re.IGNORECASE)
+_GOOD_LABEL = re.compile(r"good|pos(itive)?|\+|correct|true|1", re.IGNORECASE)  # a whole label
 
 def prm_inputs(tokenizer, question: str, steps: list[str], tag: str | None = None):
     """(ids, index of each step's last token); pieces are tokenised alone, so the ends are exact."""
@@ -492,6 +492,16 @@ def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
     """(..., Q) raw head outputs -> (..., Q) quantiles in (0, 1), strictly increasing along the last dim."""
     steps = torch.cat([z[..., :1], torch.nn.functional.softplus(z[..., 1:])], -1)
     return torch.sigmoid(steps.float().cumsum(-1))
+
+def check_model_source(flag: str, name: str) -> None:
+    """A local folder with a config.json, or something shaped like a hub id."""
+    path, hub_id = Path(name), re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
+    problem = ("a file" if path.is_file() else "no such folder" if not path.exists() and not hub_id
+               else "no config.json in this folder" if path.is_dir() and not (path / "config.json").is_file()
+               else None)
+    if problem:
+        raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
+                          "config.json, weights and tokenizer files)")
 
 class ModelPRM:
     def __init__(self, name: str, device, amp, tag=None, tokens=None, batch_size: int = 64):
@@ -527,7 +537,7 @@ class ModelPRM:
             if list(self.taus) != sorted(set(self.taus)):
                 raise ProgrsError(f"--prm {name}: quantile labels {labels} are not increasing taus")
         elif len(labels) == 2:
-            self.good = ([i for i, x in enumerate(labels) if _GOOD_LABEL.search(x.replace("LABEL_", ""))]
+            self.good = ([i for i, x in enumerate(labels) if _GOOD_LABEL.fullmatch(x.replace("LABEL_", ""))]
                          or [1])[-1]
             self.kind, self.taus, self.read = "two-class", (0.5,), lambda z: z.softmax(-1)[:, [self.good]]
         else:
@@ -916,16 +926,6 @@ def pick_device(args) -> tuple[torch.device, bool]:
     raise ProgrsError(f"--device {args.device}: not available on this machine (expected auto, cpu, or "
                       f"cuda:N with N < {torch.cuda.device_count()}, the CUDA devices here)")
 
-def check_model_source(flag: str, name: str) -> None:
-    """A local folder with a config.json, or something shaped like a hub id."""
-    path, hub_id = Path(name), re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
-    problem = ("a file" if path.is_file() else "no such folder" if not path.exists() and not hub_id
-               else "no config.json in this folder" if path.is_dir() and not (path / "config.json").is_file()
-               else None)
-    if problem:
-        raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
-                          "config.json, weights and tokenizer files)")
-
 def load_model(name: str, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     check_model_source("--model", name)
@@ -953,7 +953,7 @@ def apply_size_defaults(args, n_params: int) -> str:
     return size
 
 def build_prm(args, device, amp):
-    """--prm toy -> ToyPRM, else ModelPRM. Reads --prm-quantile, else the PRM's default, else its lowest."""
+    """--prm toy -> ToyPRM, else ModelPRM; sets args.q_index: --prm-quantile, the PRM's own, or lowest."""
     prm = ToyPRM() if args.prm == "toy" else ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
     q = args.prm_quantile if args.prm_quantile is not None else (prm.default_tau or prm.taus[0])
     if q not in prm.taus:
