@@ -1200,7 +1200,8 @@ def test_prm_inputs_end_each_step_at_its_last_token(tiny):
 
 
 def test_learned_prms_read_the_logits_at_each_steps_last_token(tmp_path):
-    """A quantile head and a causal LM at a step tag, against a forward pass done by hand."""
+    """A quantile head and a causal LM at a step tag, against a forward pass done by hand; steps past
+    the PRM's context get NaN (no opinion)."""
     prm = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"], seed=3))
     ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
     with torch.no_grad():
@@ -1208,6 +1209,9 @@ def test_learned_prms_read_the_logits_at_each_steps_last_token(tmp_path):
     got = prm.score(QUESTION, STEPS)
     assert torch.allclose(got, progrs.quantiles_from_logits(z[ends]), atol=1e-5)
     assert not torch.allclose(got, progrs.quantiles_from_logits(z[[e - 1 for e in ends]]), atol=1e-3)
+    prm.max_len = ends[1] + 1                                         # a context that ends at step 2
+    cut = prm.score(QUESTION, STEPS)
+    assert torch.allclose(cut[:2], got[:2], atol=1e-5) and torch.isnan(cut[2]).all()  # no opinion
     lm = progrs.ModelPRM(str(TINY_MODEL), torch.device("cpu"), no_amp, tag="#", tokens="+,-")
     assert lm.kind == "step-tag" and lm.taus == (0.5,)
     ids, ends = progrs.prm_inputs(lm.tokenizer, QUESTION, STEPS, "#")
@@ -1263,10 +1267,10 @@ def test_each_ppo_epoch_starts_from_zero_gradients_against_the_first_epochs_log_
     h = copy_of(model)
     with torch.no_grad():
         torch.nn.utils.vector_to_parameters(params_of(h) - lr * g0, h.parameters())
-    loss, _ = progrs.policy_loss(progrs.token_logprobs(h, *lp_args), old, adv, mask, mask.sum())
-    loss.backward()
+    logp = progrs.token_logprobs(h, *lp_args)
+    progrs.policy_loss(logp, old, adv, mask, mask.sum())[0].backward()
     want = torch.cat([p.grad.flatten() for p in h.parameters()])
-    ratio = torch.exp(progrs.token_logprobs(h, *lp_args).detach() - old)[mask.bool()]
+    ratio = torch.exp(logp.detach() - old)[mask.bool()]
     assert (ratio - 1).abs().max() > 0.05                              # the weights did move
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-3)
 
@@ -1300,70 +1304,59 @@ def test_the_update_reads_log_probs_at_the_sampling_temperature(tiny):
     batch = make_batch(model, tok)
     mask = batch["completion_mask"]
     got = grads_after_update(model, batch, torch.ones(8), 8, "--temperature", "0.5")
-    want = {}
-    for t in (0.5, 1.0):
-        m = copy_of(model)
-        lp = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["prompt_len"],
-                                   t, no_amp)
-        (-(lp * mask).sum() / mask.sum()).backward()
-        want[t] = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
-    assert torch.allclose(got, want[0.5], atol=1e-6, rtol=1e-4)
-    assert not torch.allclose(got, want[1.0], atol=1e-6, rtol=1e-4)
+    m = copy_of(model)
+    lp = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["prompt_len"], 0.5, no_amp)
+    (-(lp * mask).sum() / mask.sum()).backward()
+    want = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Runs whose logged numbers must follow their flags (in-process, the small settings above)
 
 @pytest.fixture(scope="module")
-def quantile_runs(tmp_path_factory):
-    """Two 2-step runs, the same seed, the toy PRM read at tau 0.1 and at 0.9, with 3 warmup steps; the
+def quantile_run(tmp_path_factory):
+    """A 2-step run with the toy PRM read at tau 0.9 (not its default 0.1) and 3 warmup steps; the
     learning rate of each update is recorded."""
-    runs = {}
-    for q in ("0.1", "0.9"):
-        out, lrs = tmp_path_factory.mktemp(f"q{q}"), []
-        real = progrs.update_policy
+    out, lrs, real = tmp_path_factory.mktemp("q09"), [], progrs.update_policy
 
-        def recording(model, optimizer, *args, **kwargs):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            return real(model, optimizer, *args, **kwargs)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(progrs, "update_policy", recording)
-            progrs.main(small(out, "--prm-quantile", q, "--warmup-steps", "3", "--eval-size", "8",
-                              "--max-new-tokens", "40"))
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        runs[q] = dict(rows=rows, lrs=lrs, config=json.loads((out / "config.json").read_text()),
-                       saved=json.loads((out / "model" / "progrs_step.json").read_text())["step"])
-    return runs
+    def recording(model, optimizer, *args, **kwargs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return real(model, optimizer, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(progrs, "update_policy", recording)
+        progrs.main(small(out, "--prm-quantile", "0.9", "--warmup-steps", "3", "--eval-size", "8",
+                          "--max-new-tokens", "40"))
+    return dict(rows=[json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()], lrs=lrs,
+                config=json.loads((out / "config.json").read_text()),
+                saved=json.loads((out / "model" / "progrs_step.json").read_text())["step"])
 
 
-def test_prm_quantile_flag_picks_the_column_a_run_scores_with(quantile_runs, tiny):
-    """The logged process scores follow --prm-quantile: the first evaluation's b equals the toy PRM's
-    named column over the starting model's greedy completions, worked out here by hand."""
+def test_prm_quantile_flag_picks_the_column_a_run_scores_with(quantile_run, tiny):
+    """The run's first evaluation logs the b of the toy PRM's tau-0.9 column over the starting model's
+    greedy completions, worked out here by hand; the default column (tau 0.1) gives another value."""
     model, tok = tiny
     problems = load_problems(HERE / "tiny_task" / "test.jsonl")[:8]
     prompts = [progrs.build_prompt(p["question"]) for p in problems]
     texts = progrs.generate(model, tok, prompts, 1, 40, 0.0, no_amp)["texts"]
-    for q, column in (("0.1", 0), ("0.9", 2)):
-        run = quantile_runs[q]
-        assert run["config"]["prm_quantile"] == float(q) and run["config"]["q_index"] == column
-        want = sum(coherence_score(ToyPRM().score(p["question"], split_steps(t))[:, column])
-                   for p, t in zip(problems, texts)) / len(texts)
-        assert run["rows"][0]["step"] == 0 and run["rows"][0]["eval_process_score"] == pytest.approx(want)
-    low, high = ([r["process_score"] for r in quantile_runs[q]["rows"] if "process_score" in r]
-                 for q in ("0.1", "0.9"))
-    assert len(low) == len(high) == 2 and low[0] < high[0]            # step 1: the same rollouts
+    b = {column: sum(coherence_score(ToyPRM().score(p["question"], split_steps(t))[:, column])
+                     for p, t in zip(problems, texts)) / len(texts) for column in (0, 2)}
+    assert quantile_run["config"]["prm_quantile"] == 0.9 and quantile_run["config"]["q_index"] == 2
+    first = quantile_run["rows"][0]
+    assert first["step"] == 0 and first["eval_process_score"] == pytest.approx(b[2])
+    assert b[2] > b[0] + 0.05
 
 
-def test_warmup_raises_the_learning_rate_linearly_from_the_first_update(quantile_runs):
+def test_warmup_raises_the_learning_rate_linearly_from_the_first_update(quantile_run):
     """--warmup-steps 3: update k (from 1) runs at lr * k / 4, until it reaches lr."""
-    lr = quantile_runs["0.1"]["config"]["lr"]
-    assert quantile_runs["0.1"]["lrs"] == pytest.approx([lr / 4, lr / 2])
+    lr = quantile_run["config"]["lr"]
+    assert quantile_run["lrs"] == pytest.approx([lr / 4, lr / 2])
 
 
-def test_a_run_shorter_than_eval_every_still_evaluates_and_saves_its_last_step(quantile_runs):
+def test_a_run_shorter_than_eval_every_still_evaluates_and_saves_its_last_step(quantile_run):
     """--eval-every and --save-every default to 20 on the tiny model: a 2-step run evaluates at the start
     and at its last step, and saves the last step."""
-    run = quantile_runs["0.1"]
+    run = quantile_run
     assert (run["config"]["eval_every"], run["config"]["save_every"]) == (20, 20)
     assert [r["step"] for r in run["rows"] if "eval_accuracy" in r] == [0, 2] and run["saved"] == 2
 
