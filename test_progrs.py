@@ -1,6 +1,8 @@
 """Tests for progrs.py: CPU only, a few minutes. Run: pytest test_progrs.py"""
+import contextlib
 import copy
 import doctest
+import functools
 import hashlib
 import json
 import math
@@ -10,7 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import types
+import warnings
 from decimal import Decimal
 from pathlib import Path
 
@@ -985,14 +989,24 @@ def test_bf16_autocast_run_trains_with_finite_numbers(tmp_path):
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in steps)
 
 
-def test_chat_run_end_to_end(tmp_path, tiny):
+def test_chat_run_end_to_end(tmp_path, tiny, monkeypatch):
+    """--chat reaches every generate() call, rollouts and evaluations, as the template's text."""
     model, tok = tiny
     tok = copy.deepcopy(tok)
     tok.chat_template = ("{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}Solution:\n{% endif %}")
     model.save_pretrained(tmp_path / "chat_model")
     tok.save_pretrained(tmp_path / "chat_model")
+    real, seen = progrs.generate, []
+
+    def recording(model, tokenizer, prompts, *args, **kwargs):
+        seen.append((prompts, args[-1] if len(args) == 5 else kwargs.get("chat")))
+        return real(model, tokenizer, prompts, *args, **kwargs)
+    monkeypatch.setattr(progrs, "generate", recording)
     res = progrs.main(small(tmp_path / "out", "--model", str(tmp_path / "chat_model"), "--chat"))
+    assert len(seen) >= 4 and all(chat is True for _, chat in seen)       # rollouts and evaluations
+    assert all(p.startswith(f"user: {progrs.INSTRUCTION}\n") and p.endswith("\nSolution:\n")
+               and "Question:" not in p for ps, _ in seen for p in ps)        # the template's text
     assert 0.0 <= res["after"]["eval_accuracy"] <= 1.0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["chat"] is True
     with pytest.raises(progrs.ProgrsError, match="--chat"):
@@ -1150,7 +1164,8 @@ def test_teaching_view_shows_the_most_mixed_group_and_marks_fluent_failures():
     batch["fluent"] = torch.tensor([[False, False, True, False], [False, True, False, False]])
     batch["texts"] = [f"text {r}" for r in range(8)]
     batch["step_scores"] = [[0.5, math.nan]] * 8
-    view = progrs.teaching_view(batch, [{"question": "first?", "gold": "1"}, {"question": "second?", "gold": "2"}])
+    problems = [{"question": "first?", "gold": "1"}, {"question": "second?", "gold": "2"}]
+    view = progrs.teaching_view(batch, problems)
     lines = view.splitlines()
     assert lines[0].startswith("question: second?")                   # the mixed group, not the first
     assert [x.split()[0] for x in lines[2:6]] == ["yes", "no*", "no", "no"] and "text 4" in lines[2]
@@ -1290,7 +1305,8 @@ def test_kl_to_the_reference_model_is_logged_and_trained(tiny):
         d = progrs.token_logprobs(ref, *lp_args) - progrs.token_logprobs(model, *lp_args)
     want = float(((d.exp() - d - 1) * mask).sum() / mask.sum())
     m = copy_of(model)
-    args = progrs.build_parser().parse_args(["--micro-batch", "3", "--kl-coef", "0.5", "--max-grad-norm", "1e9"])
+    args = progrs.build_parser().parse_args(["--micro-batch", "3", "--kl-coef", "0.5",
+                                             "--max-grad-norm", "1e9"])
     stats = progrs.update_policy(m, torch.optim.SGD(m.parameters(), lr=0.0), batch, torch.zeros(8), args,
                                  no_amp, ref_model=ref)
     assert want > 1e-3 and stats["kl"] == pytest.approx(want, rel=1e-4)
@@ -1305,7 +1321,8 @@ def test_the_update_reads_log_probs_at_the_sampling_temperature(tiny):
     mask = batch["completion_mask"]
     got = grads_after_update(model, batch, torch.ones(8), 8, "--temperature", "0.5")
     m = copy_of(model)
-    lp = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["prompt_len"], 0.5, no_amp)
+    lp = progrs.token_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["prompt_len"], 0.5,
+                               no_amp)
     (-(lp * mask).sum() / mask.sum()).backward()
     want = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
@@ -1380,7 +1397,9 @@ for name, argv in json.loads(sys.argv[1]).items():
             runpy.run_path("progrs.py", run_name="__main__")
             code = 0
         except SystemExit as e:   # sys.exit("message") prints the message and exits with 1
-            code = e.code if e.code is None or isinstance(e.code, int) else print(e.code, file=sys.stderr) or 1
+            code = e.code if e.code is None or isinstance(e.code, int) else 1
+            if code == 1 and isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
         except BaseException:
             traceback.print_exc()
             code = "uncaught"
@@ -1420,8 +1439,10 @@ def bad_input_runs(tmp_path_factory):
         "out is a file": (["--out", str(a_file)], [f"--out {a_file}"], True),
         "model is a plain file": (["--model", str(a_file)], [f"--model {a_file}", "a file"], True),
         "truncated prm weights": (["--prm", str(prm)], [f"--prm {prm}"], False),
-        "prm tag not one token": (["--prm", str(TINY_MODEL), "--prm-tag", "ZQZQ"], ["--prm-tag", "ZQZQ"], False),
-        **{name: (["--data", str(path)], [f"{path}:2"], True) for name, path in data.items() if name != "long question"},
+        "prm tag not one token": (["--prm", str(TINY_MODEL), "--prm-tag", "ZQZQ"], ["--prm-tag", "ZQZQ"],
+                                  False),
+        **{name: (["--data", str(path)], [f"{path}:2"], True) for name, path in data.items()
+           if name != "long question"},
         "long question": (["--eval-data", str(data["long question"])],
                           [f"{data['long question']}:2", f"{progrs.MAX_CHARS:,} characters"], True),
     }
@@ -1537,3 +1558,231 @@ def test_a_save_killed_between_its_two_renames_gets_the_last_model_back(tmp_path
     assert len(logged) == 1 and "removed model.old/" in logged[0]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+# ----------------------------------------------------------------------------------------------------
+# Math-Shepherd-style PRMs: a causal LM read at a step tag
+
+def save_step_tag_prm(path, tag="<step>", config_tag=False, seed=0):
+    """A tiny random causal LM whose tokenizer holds the tag (added) and the + / - tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tok.add_tokens([tag])
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    if config_tag:
+        model.config.progrs_step_tag, model.config.progrs_step_tokens = tag, ["+", "-"]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag(tmp_path):
+    path = save_step_tag_prm(tmp_path / "ms")
+    prm = progrs.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<step>", tokens="+,-")
+    steps = ["47 + 28 = 75", "75 - 19 = 56", "so the answer follows"]
+    got = prm.score(QUESTION, steps)                                               # (S, 1)
+    tok, model = prm.tokenizer, prm.model
+    ids, ends = progrs.prm_inputs(tok, QUESTION, steps, "<step>")
+    assert [ids[e] for e in ends] == [tok.convert_tokens_to_ids("<step>")] * len(steps)  # read at the tag
+    plus, minus = (tok.encode(t, add_special_tokens=False)[0] for t in ("+", "-"))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, ends]              # (S, V)
+    p_plus, p_minus = logits[:, plus].exp(), logits[:, minus].exp()
+    want = p_plus / (p_plus + p_minus)                                             # by hand
+    assert prm.kind == "step-tag" and prm.taus == (0.5,) and got.shape == (3, 1)
+    assert torch.allclose(got[:, 0], want, atol=1e-5)
+    assert not torch.allclose(want, want[:1].expand(3), atol=1e-3)                 # steps differ
+    # the tag and tokens can come from the PRM's config instead of the flags
+    cfg = progrs.ModelPRM(str(save_step_tag_prm(tmp_path / "cfg", config_tag=True)), torch.device("cpu"),
+                          no_amp)
+    assert cfg.tag == "<step>" and torch.allclose(cfg.score(QUESTION, steps), got, atol=1e-6)
+
+
+def test_step_tag_prm_with_a_wrong_tag_or_token_is_one_clear_error(tmp_path):
+    path = str(save_step_tag_prm(tmp_path / "ms"))
+    for tag, tokens in (("ки", "+,-"), ("<step>", "+,plus sign"), ("<step>", "+")):
+        with pytest.raises(progrs.ProgrsError, match="--prm-tag / --prm-tokens") as e:
+            progrs.ModelPRM(path, torch.device("cpu"), no_amp, tag=tag, tokens=tokens)
+        assert "\n" not in str(e.value) and path in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The learned PRM's own default quantile
+
+def test_learned_prm_bonus_is_on_the_toy_prms_scale_by_default(tiny):
+    """--prm tiny_task/prm reads the quantile its config names (0.5); its mean |c| over the same
+    rollouts is within a factor of 3 of the toy PRM's (at the lowest quantile it is a tenth)."""
+    model, tok = tiny
+    args = progrs.build_parser().parse_args(["--prm", str(HERE / "tiny_task" / "prm")])
+    learned = progrs.build_prm(args, torch.device("cpu"), no_amp)
+    assert args.prm_quantile == 0.5 == learned.default_tau
+    toy_args = progrs.build_parser().parse_args([])
+    toy = progrs.build_prm(toy_args, torch.device("cpu"), no_amp)
+    problems = load_problems(HERE / "tiny_task" / "train.jsonl")[:16]
+    torch.manual_seed(0)
+    texts = progrs.generate(model, tok, [progrs.build_prompt(p["question"]) for p in problems], 8, 64, 1.0,
+                            no_amp)["texts"]
+    per = [p for p in problems for _ in range(8)]
+
+    def mean_abs_bonus(prm, q_index):
+        s = progrs.score_completions(per, texts, prm, q_index, 1.0)
+        correct, b = torch.tensor(s["correct"]).view(16, 8), torch.tensor(s["b"]).view(16, 8)
+        return float(compute_advantages(correct, b, "progrs", 1.0)[2].abs().mean())
+
+    ratio = mean_abs_bonus(learned, args.q_index) / mean_abs_bonus(toy, toy_args.q_index)
+    assert 1 / 3 <= ratio <= 3, ratio
+    assert mean_abs_bonus(learned, 0) / mean_abs_bonus(toy, 0) < 1 / 3   # the trap it replaces
+    args = progrs.build_parser().parse_args(["--prm", str(HERE / "tiny_task" / "prm"),
+                                             "--prm-quantile", "0.9"])
+    progrs.build_prm(args, torch.device("cpu"), no_amp)
+    assert args.q_index == 2                                                # the flag still wins
+
+
+# ----------------------------------------------------------------------------------------------------
+# The README's copy of the centering function
+
+def test_readme_centering_function_is_progrs_own():
+    import inspect
+    readme = (HERE / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    copies = [b for b in blocks if "def outcome_conditioned_centering" in b]
+    assert len(copies) == 1, "the README holds one copy of the centering function"
+    assert copies[0] == "import torch\n\n" + inspect.getsource(progrs.outcome_conditioned_centering)
+
+
+def test_two_class_prm_picks_the_good_label_by_whole_name(tmp_path):
+    for labels, good in ((["correct", "incorrect"], 0), (["good", "not_good"], 0), (["+", "-"], 0),
+                         (["negative", "positive"], 1), (["LABEL_0", "LABEL_1"], 1)):
+        assert cpu_prm(save_token_classifier(tmp_path / "_".join(labels), labels)).good == good, labels
+
+
+# ----------------------------------------------------------------------------------------------------
+# TRL: ProgrsGRPOTrainer gives progrs's advantages and progrs's gradient (tiny_task/trl_progrs.py)
+
+TRL_PIN = "1.16.0"   # the version trl_progrs.py was written against; .ci/run installs it
+TRL_SKIP = f"TRL is not installed (pip install trl=={TRL_PIN}, as .ci/run does)"
+TRL_G = 8
+TRL_ALL_RIGHT = ["5 + 5 = 10\n10 - 10 = 0\nAnswer: 0", "5 + 5 - 10 = 0\nAnswer: 0",
+                 "5 + 5 = 11\n11 - 10 = 0\nAnswer: 0", "5 + 5 = 10\n10 - 10 = 1\nAnswer: 0",
+                 "Answer: 0", "5 + 5 = 10\nAnswer: 0", "10 - 10 = 0\nAnswer: 0",
+                 "5 + 5 = 12\n12 - 10 = 2\nAnswer: 0"]   # a group of 8 right answers, mixed steps
+
+
+@functools.lru_cache(maxsize=None)
+def trl_batch():
+    """8 train problems x 8 completions sampled at temperature 1 (seeded), as progrs.generate
+    returns them; prompts of 5 lengths, so left padding is exercised."""
+    model, tokenizer = progrs.load_model(str(TINY_MODEL), torch.device("cpu"))
+    problems = progrs.load_problems(HERE / "tiny_task" / "train.jsonl")[:8]
+    torch.manual_seed(0)
+    batch = progrs.generate(model, tokenizer, [progrs.build_prompt(p["question"]) for p in problems],
+                            TRL_G, 64, 1.0, contextlib.nullcontext)
+    return model, tokenizer, problems, batch
+
+
+def trl_trainer(model, tokenizer, problems, rollout_func=None, **config):
+    """A ProgrsGRPOTrainer on CPU; `config` overrides GRPOConfig fields."""
+    from trl import GRPOConfig
+    sys.path.insert(0, str(HERE / "tiny_task"))
+    from trl_progrs import ProgrsGRPOTrainer, progrs_dataset
+
+    args = dict(output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, num_generations=TRL_G,
+                per_device_train_batch_size=TRL_G, max_completion_length=64,
+                gradient_checkpointing=False, report_to=[], save_strategy="no", disable_tqdm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # rollout_func is marked experimental; deprecation notices
+        return ProgrsGRPOTrainer(model=model, processing_class=tokenizer,
+                                 args=GRPOConfig(**{**args, **config}), prm=progrs.ToyPRM(),
+                                 train_dataset=progrs_dataset(problems), rollout_func=rollout_func)
+
+
+def test_trl_advantages_equal_compute_advantages_in_every_mode():
+    """On the same completions (sampled ones: all-wrong and mixed groups; and a written all-right
+    group), TRL's pipeline with ProgrsGRPOTrainer hands the loss progrs.compute_advantages's
+    advantages in every mode, to 1e-6. TRL's own advantages (sample std + 1e-4) would be ~6% off."""
+    pytest.importorskip("trl", reason=TRL_SKIP)
+    model, tokenizer, problems, batch = trl_batch()
+    problems = problems + [{"question": "What is 5 + 5 - 10?", "gold": "0"}]
+    texts = batch["texts"] + TRL_ALL_RIGHT
+    per_row = [p for p in problems for _ in range(TRL_G)]
+    ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == texts    # TRL decodes these back
+
+    def rollout(prompts, trainer):   # TRL's hook for bringing one's own completions
+        return dict(prompt_ids=[tokenizer(p)["input_ids"] for p in prompts], completion_ids=ids,
+                    logprobs=None)
+
+    trainer = trl_trainer(model, tokenizer, problems, rollout, per_device_train_batch_size=len(texts))
+    trainer.model.train()
+    rows = [dict(prompt=progrs.build_prompt(p["question"]), **p) for p in per_row]
+    s = progrs.score_completions(per_row, texts, progrs.ToyPRM(), 0, 1.0)
+    correct = torch.tensor(s["correct"]).view(-1, TRL_G)
+    b = torch.tensor(s["b"], dtype=torch.float32).view(-1, TRL_G)
+    k = correct.sum(-1)
+    assert (k == 0).any() and ((k > 0) & (k < TRL_G)).any() and (k == TRL_G).any()
+    assert b[~correct].unique().numel() > 2 and b[correct].unique().numel() > 2
+    for mode in ("progrs", "outcome", "absolute", "progrs-strict"):
+        for lam in (1.0, 0.5):
+            trainer.progrs_mode, trainer.lam = mode, lam
+            got = trainer._generate_and_score_completions(rows)["advantages"]
+            want, _, _ = progrs.compute_advantages(correct, b, mode, lam)
+            assert (got - want.flatten()).abs().max() <= 1e-6, (mode, lam)
+
+
+def test_trl_dapo_gradient_matches_progrs_update():
+    """On the same completions and advantages, the gradient of TRL's loss equals the gradient of
+    progrs.update_policy's loss. TRL settings that make it so: loss_type="dapo" (sum over tokens
+    divided by the batch's token count, as progrs does), beta=0 (progrs's --kl-coef 0), num_iterations=1
+    and steps_per_generation = gradient_accumulation_steps (ratio 1: progrs's --ppo-epochs 1), the
+    same temperature in both (0.7 here: both divide the logits by it), no vLLM importance weights, no
+    entropy mask or bonus. Measured: ~7e-6 relative (left-padded prompts of 5 lengths, fp32)."""
+    pytest.importorskip("trl", reason=TRL_SKIP)
+    model, tokenizer, problems, batch = trl_batch()
+    per_row = [p for p in problems for _ in range(TRL_G)]
+    s = progrs.score_completions(per_row, batch["texts"], progrs.ToyPRM(), 0, 1.0)
+    adv, _, _ = progrs.compute_advantages(torch.tensor(s["correct"]).view(-1, TRL_G),
+                                          torch.tensor(s["b"]).view(-1, TRL_G), "progrs", 1.0)
+    adv = adv.flatten()
+    params = list(model.parameters())
+
+    args = types.SimpleNamespace(micro_batch=16, ppo_epochs=1, temperature=0.7, kl_coef=0.0,
+                                 max_grad_norm=1e9)                 # no clipping: the raw gradient
+    progrs.update_policy(model, torch.optim.SGD(params, lr=0.0), batch, adv, args,
+                         contextlib.nullcontext)
+    want = torch.cat([p.grad.flatten() for p in params])
+    model.zero_grad(set_to_none=True)
+
+    trainer = trl_trainer(model, tokenizer, problems, per_device_train_batch_size=len(adv),
+                          loss_type="dapo", beta=0.0, num_iterations=1, temperature=0.7)
+    trainer.current_gradient_accumulation_steps = 1   # set by Trainer.train(); one step here
+    Tp = batch["prompt_len"]
+    inputs = dict(prompt_ids=batch["input_ids"][:, :Tp], prompt_mask=batch["attention_mask"][:, :Tp],
+                  completion_ids=batch["input_ids"][:, Tp:],
+                  completion_mask=batch["completion_mask"].long(), advantages=adv,
+                  num_items_in_batch=batch["completion_mask"].sum())
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, inputs).backward()
+    got = torch.cat([p.grad.flatten() for p in params])
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    assert want.norm() > 0.1
+    assert (got - want).norm() / want.norm() < 1e-4
+
+
+def test_trl_two_processes_split_groups():
+    """Two CPU processes (torchrun, gloo), 4 completions each, groups of 8: every group is split
+    across the processes, and the advantages each process trains on are progrs.compute_advantages's
+    on the gathered group (to 1e-6). Taking each process's half as a group would be far off."""
+    pytest.importorskip("trl", reason=TRL_SKIP)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "tiny_task" / "trl_two_procs.py")]
+    run = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
+    lines = [x for x in run.stdout.splitlines() if x.startswith("TRL_TWO_PROCS ")]
+    assert run.returncode == 0 and lines, run.stdout[-2000:] + run.stderr[-3000:]
+    r = json.loads(lines[-1].split(" ", 1)[1])
+    assert r["world_size"] == 2 and r["steps"] == 2
+    assert r["groups"] == 2 and r["split_groups"] == 2
+    assert r["max_abs_diff"] <= 1e-6
+    assert r["per_process_max_abs_diff"] > 0.1     # these groups tell global from per-process apart
