@@ -172,17 +172,23 @@ MUTANTS = [
     ("EQUIVALENT: positions shifted by one for every row (RoPE sees only relative positions)",
      "position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)",
      "position_ids = attention_mask.cumsum(-1).clamp(min=0)", "forward_logprobs or sampling_ignores"),
+    # size defaults
+    ("the tiny and LLM defaults swapped",
+     'for i, size in enumerate(("tiny", "llm"))', 'for i, size in enumerate(("llm", "tiny"))', "size_defaults"),
+    ("--save-every defaults to every step, not to --eval-every",
+     "args.save_every = args.save_every or args.eval_every", "args.save_every = args.save_every or 1",
+     "size_defaults"),
 ]
 
 
 def run_one(i, mutant, source, tests, full, timeout):
     desc, old, new, k = mutant
-    n = source.count(old)
+    n = source.count(old) if old else 1                 # no original text: the unmutated file
     if n != 1:
         return i, "stale" if n == 0 else "ambiguous", 0.0, ""
     with tempfile.TemporaryDirectory(prefix=f"mutant{i}_") as tmp:
         tmp = Path(tmp)
-        (tmp / "progrs.py").write_text(source.replace(old, new))
+        (tmp / "progrs.py").write_text(source.replace(old, new) if old else source)
         shutil.copy(tests, tmp / "test_progrs.py")
         (tmp / "tiny_task").symlink_to(ROOT / "tiny_task")
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "test_progrs.py"]
@@ -210,8 +216,8 @@ def main():
     if a.baseline:
         ks = " or ".join(f"({MUTANTS[i - 1][3]})" for i in chosen)
         _, status, secs, tail = run_one(0, ("baseline", "", "", ks), source, tests, a.full, a.timeout * 4)
-        print(f"baseline (unmutated, the union of the selections): {tail} [{secs:.0f}s]", flush=True)
-        if status != "survived":
+        print(f"baseline (unmutated, the union of the selections): {status}, {tail} [{secs:.0f}s]", flush=True)
+        if status != "survived":  # "survived" here means every selected test passed
             sys.exit("the unmutated progrs.py fails its own selection: fix that first")
     print(f"{'#':>3}  {'result':<9} {'secs':>5}  mutant  [tests: -k]", flush=True)
     results = {}
