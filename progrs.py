@@ -218,7 +218,8 @@ def check_args(args) -> None:  # one line naming the flag, before anything train
         x = getattr(args, flag[2:].replace("-", "_"))
         if x is not None and kind is float and not math.isfinite(x):  # first: inf passes every range
             raise ProgrsError(f"{flag}: expected a finite number, got {x}")
-        if x is not None and rule and not (x >= float(rule[3:]) if rule[1] == "=" else x > float(rule[2:])):
+        op, bound = rule.split() if rule else (None, None)
+        if op and x is not None and not (x >= float(bound) if op == ">=" else x > float(bound)):
             raise ProgrsError(f"{flag}: expected a value {rule}, got {x}")
 
 # ----------------------------------------------------------------------------------------------------
@@ -493,8 +494,10 @@ def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
     steps = torch.cat([z[..., :1], torch.nn.functional.softplus(z[..., 1:])], -1)
     return torch.sigmoid(steps.float().cumsum(-1))
 
-def check_model_source(flag: str, name: str) -> None:
-    """A local folder with a config.json, or something shaped like a hub id."""
+def from_pretrained(flag: str, name: str, auto_class):
+    """(config, tokenizer, model, loading info) from a local folder or the hub, the same path for both;
+    auto_class(config) picks the Auto class. Any failure is one line naming the flag and the folder."""
+    import transformers as tf
     path, hub_id = Path(name), re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
     problem = ("a file" if path.is_file() else "no such folder" if not path.exists() and not hub_id
                else "no config.json in this folder" if path.is_dir() and not (path / "config.json").is_file()
@@ -502,19 +505,21 @@ def check_model_source(flag: str, name: str) -> None:
     if problem:
         raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
                           "config.json, weights and tokenizer files)")
+    try:  # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates
+        config, tokenizer = tf.AutoConfig.from_pretrained(name), tf.AutoTokenizer.from_pretrained(name)
+        model, info = auto_class(config).from_pretrained(name, dtype=torch.float32, output_loading_info=True)
+    except Exception as e:  # whatever the library raises: no network, truncated weights, a head mismatch
+        raise ProgrsError(f"{flag} {name}: could not load it ({first_line(e)})") from None
+    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
+    return config, tokenizer, model, info
 
 class ModelPRM:
     def __init__(self, name: str, device, amp, tag=None, tokens=None, batch_size: int = 64):
         import transformers as tf
-        check_model_source("--prm", name)
-        try:
-            config = tf.AutoConfig.from_pretrained(name)
-            self.causal = bool(tag) or any(a.endswith("ForCausalLM") for a in config.architectures or [])
-            auto = tf.AutoModelForCausalLM if self.causal else tf.AutoModelForTokenClassification
-            self.tokenizer = tf.AutoTokenizer.from_pretrained(name)
-            self.model, info = auto.from_pretrained(name, dtype=torch.float32, output_loading_info=True)
-        except Exception as e:  # whatever the library raises: truncated weights, a head size mismatch
-            raise ProgrsError(f"--prm {name}: could not load it ({first_line(e)})") from None
+        causal = lambda c: bool(tag) or any(a.endswith("ForCausalLM") for a in c.architectures or [])
+        config, self.tokenizer, self.model, info = from_pretrained("--prm", name, lambda c: (
+            tf.AutoModelForCausalLM if causal(c) else tf.AutoModelForTokenClassification))
+        self.causal = causal(config)
         self.default_tau, self.tag, self.good = getattr(config, "progrs_quantile", None), None, 0
         labels = [str(self.model.config.id2label[i]) for i in range(self.model.config.num_labels)]
         taus = [_TAU_LABEL.fullmatch(x) for x in labels]
@@ -543,7 +548,6 @@ class ModelPRM:
         else:
             raise ProgrsError(f"--prm {name}: expected a quantile head (labels q0.1, q0.5, ...) or a "
                               f"two-class head, got {len(labels)} outputs {labels[:6]}")
-        if self.tokenizer.pad_token_id is None: self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.to(device).eval().requires_grad_(False)
         self.device, self.amp, self.batch_size = device, amp, batch_size
         self.max_len = min(getattr(self.model.config, "max_position_embeddings", None) or 4096, 4096)
@@ -778,15 +782,16 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=
         rates = dict(accuracy=n_right / len(texts), trace_error_rate=sum(s["trace_error"]) / max(n_right, 1),
                      steps_per_answer=float(np.mean(s["n_steps"])), process_score=float(np.mean(s["b"])),
                      fluent_failure_rate=None if ff is None else float(ff.float().mean()))
-        return {prefix[5:] + "texts": texts, **{prefix + k: v for k, v in rates.items()}}
+        return {prefix + k: v for k, v in rates.items()}
 
-    out = summary(complete(1, 0.0), 1, "eval_")
+    texts = complete(1, 0.0)
+    out = dict(summary(texts, 1, "eval_"), texts=texts)
     if args.eval_samples > 0:
         # its own seeded random stream: how often a run evaluates does not change its training
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(args.seed)
-            k = args.eval_samples
-            out.update(summary(complete(k, args.temperature), k, "eval_sampled_"))
+            sampled = complete(args.eval_samples, args.temperature)
+            out.update(summary(sampled, args.eval_samples, "eval_sampled_"), sampled_texts=sampled)
     return out
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
@@ -927,16 +932,9 @@ def pick_device(args) -> tuple[torch.device, bool]:
                       f"cuda:N with N < {torch.cuda.device_count()}, the CUDA devices here)")
 
 def load_model(name: str, device: torch.device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    check_model_source("--model", name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except Exception as e:  # whatever the library raises: no network, truncated weights, bad config
-        raise ProgrsError(f"--model {name}: could not load it ({first_line(e)})") from None
+    from transformers import AutoModelForCausalLM
+    _, tokenizer, model, _ = from_pretrained("--model", name, lambda config: AutoModelForCausalLM)
     tokenizer.padding_side = "left"  # generation appends on the right
-    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     with torch.no_grad():  # token_logprobs reads the head as a linear map of the last hidden state
         ids = torch.tensor([[0, 1, 2]], device=device)

@@ -56,7 +56,7 @@ MUTANTS = [
      "push = torch.where((k == 0)[:, None]", "push = torch.where((k >= 0)[:, None]", "fluent"),
     # flags and data
     ('a "> 0" rule accepts 0',
-     'else x > float(rule[2:])', 'else x >= float(rule[2:])', "check_args"),
+     'else x > float(bound))', 'else x >= float(bound))', "check_args"),
     ('"answer": true is accepted (as "True")',
      "if not isinstance(q, str) or isinstance(a, bool) or", "if not isinstance(q, str) or", "not_strings"),
     ("the length limit is off by a thousand",
@@ -86,7 +86,7 @@ MUTANTS = [
      "at = h[r, [e for e in ends if e < self.max_len]]", "at = h[r, [min(e, self.max_len - 1) for e in ends]]",
      "learned_prms"),
     ("a step-tag PRM reads p(bad)",
-     "lambda z: z[:, pair].softmax(-1)[:, :1]", "lambda z: z[:, pair].softmax(-1)[:, 1:]", "learned_prms"),
+     "lambda z: z[:, pair].softmax(-1)[:, :1]", "lambda z: z[:, pair].softmax(-1)[:, 1:]", "step_tag"),
     ("a PRM config's progrs_quantile is ignored",
      "(prm.default_tau or prm.taus[0])", "prm.taus[0]", "build_prm"),
     ("--prm-quantile is recorded but column 0 is read",
