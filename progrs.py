@@ -13,7 +13,8 @@ rank wrong answers against each other but can never lift wrong answers as a clas
     python progrs.py --model Qwen/Qwen2.5-0.5B-Instruct --chat
     pytest test_progrs.py
 
-Read it top to bottom: the PROGRS idea as pure functions first, then the pipeline as data flows.
+Read it top to bottom: the PROGRS idea as pure functions first, then the pipeline as data flows:
+flags, data and prompt, rollouts, verifier, toy and learned PRMs, loss, training loop, main.
 
 The paper's (arXiv 2604.02341; only its abstract is public): GRPO with verifiable outcome rewards and a
 step-level PRM, the outcome in charge; outcome-conditioned centering among incorrect rollouts in each
@@ -298,6 +299,72 @@ def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 # ----------------------------------------------------------------------------------------------------
+# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded.
+# On-policy: generate() gets a config holding only our settings, swapped in for the model's own, which
+# would fill the rest (a hub model's top_k, repetition_penalty). Rows stop after the answer line (the
+# verifier's rule, next) or at EOS; the mask keeps EOS and is built from positions, not `token == pad`.
+
+def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
+    """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or stopped_at[row] (0: none)."""
+    B, T = completions.shape
+    is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))   # (B, T)
+    has_eos = is_eos.any(1)                                                              # (B,)
+    length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                         # (B,)
+    stopped = (torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at).to(completions.device)
+    length = torch.where(stopped > 0, torch.minimum(length, stopped), length)           # (B,)
+    mask = torch.arange(T, device=completions.device)[None, :] < length[:, None]        # (B, T)
+    return mask, ~has_eos & (stopped == 0)
+
+@functools.lru_cache(maxsize=8)
+def newline_tokens(tokenizer) -> torch.Tensor:
+    """(V,) bool: the token ids whose text holds a newline, the only places an answer line can end."""
+    return torch.tensor(["\n" in t for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+
+class StopAtAnswer:
+    """A row is done once its answer line ends (only rows ending in a newline are decoded and checked)."""
+    def __init__(self, tokenizer, prompt_len: int):
+        self.tokenizer, self.prompt_len, self.stopped = tokenizer, prompt_len, {}
+        self.newline = newline_tokens(tokenizer)
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        last = input_ids[:, -1].cpu()                                                    # (B,)
+        ends_line = (last < len(self.newline)) & self.newline[last.clamp(max=len(self.newline) - 1)]
+        for row in ends_line.nonzero().flatten().tolist():
+            found = None if row in self.stopped else find_answer(
+                self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True))
+            if found is not None and found.ended: self.stopped[row] = input_ids.shape[1] - self.prompt_len
+        return torch.tensor([row in self.stopped for row in range(len(last))], device=input_ids.device)
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
+             temperature: float, amp, chat: bool = False) -> dict:
+    """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
+    from transformers import GenerationConfig
+    # a chat template already wrote the special tokens it needs: do not add them a second time
+    enc = tokenizer(prompts, return_tensors="pt", padding=True,
+                    add_special_tokens=not chat).to(model.device)                # (P, Tp), left pad
+    Tp, eos_ids = enc["input_ids"].shape[1], model.generation_config.eos_token_id
+    eos_ids = sorted({tokenizer.eos_token_id, *([eos_ids] if isinstance(eos_ids, int) else eos_ids or [])})
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
+        if temperature > 0 else dict(do_sample=False)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
+    stop = StopAtAnswer(tokenizer, Tp)
+    shipped, model.generation_config = model.generation_config, config
+    try:
+        with amp():
+            seqs = model.generate(**enc, generation_config=config, stopping_criteria=[stop])
+    finally:
+        model.generation_config = shipped
+    completions = seqs[:, Tp:]                                                    # (B, T), B = P*n
+    stopped_at = torch.tensor([stop.stopped.get(r, 0) for r in range(len(seqs))])  # (B,)
+    mask, truncated = completion_mask(completions, eos_ids, stopped_at)           # (B, T), (B,)
+    texts = [tokenizer.decode(c[m], skip_special_tokens=True) for c, m in zip(completions, mask)]
+    prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)                   # (B, Tp)
+    return dict(input_ids=seqs, attention_mask=torch.cat([prompt_mask, mask.long()], 1),
+                completion_mask=mask, truncated=truncated, texts=texts, prompt_len=Tp)
+
+# ----------------------------------------------------------------------------------------------------
 # Verifier: exact match on the first committed answer
 # A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces matched)
 # or holds "Answer:" (any case, **Answer:** too) or "####", then text. Decoding stops there, so what a
@@ -580,72 +647,6 @@ class ModelPRM:
 
     def score(self, question: str, steps: list[str]) -> torch.Tensor:
         return self.score_batch([question], [steps])[0]
-
-# ----------------------------------------------------------------------------------------------------
-# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded.
-# On-policy: generate() gets a config holding only our settings, swapped in for the model's own, which
-# would fill the rest (a hub model's top_k, repetition_penalty). Rows stop after the answer line or at EOS;
-# the mask keeps EOS and is built from positions, not `token == pad`: pad is often EOS (Qwen2.5).
-
-def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
-    """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or stopped_at[row] (0: none)."""
-    B, T = completions.shape
-    is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))   # (B, T)
-    has_eos = is_eos.any(1)                                                              # (B,)
-    length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                         # (B,)
-    stopped = (torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at).to(completions.device)
-    length = torch.where(stopped > 0, torch.minimum(length, stopped), length)           # (B,)
-    mask = torch.arange(T, device=completions.device)[None, :] < length[:, None]        # (B, T)
-    return mask, ~has_eos & (stopped == 0)
-
-@functools.lru_cache(maxsize=8)
-def newline_tokens(tokenizer) -> torch.Tensor:
-    """(V,) bool: the token ids whose text holds a newline, the only places an answer line can end."""
-    return torch.tensor(["\n" in t for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
-
-class StopAtAnswer:
-    """A row is done once its answer line ends (only rows ending in a newline are decoded and checked)."""
-    def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer, self.prompt_len, self.stopped = tokenizer, prompt_len, {}
-        self.newline = newline_tokens(tokenizer)
-
-    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
-        last = input_ids[:, -1].cpu()                                                    # (B,)
-        ends_line = (last < len(self.newline)) & self.newline[last.clamp(max=len(self.newline) - 1)]
-        for row in ends_line.nonzero().flatten().tolist():
-            found = None if row in self.stopped else find_answer(
-                self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True))
-            if found is not None and found.ended: self.stopped[row] = input_ids.shape[1] - self.prompt_len
-        return torch.tensor([row in self.stopped for row in range(len(last))], device=input_ids.device)
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
-             temperature: float, amp, chat: bool = False) -> dict:
-    """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
-    from transformers import GenerationConfig
-    # a chat template already wrote the special tokens it needs: do not add them a second time
-    enc = tokenizer(prompts, return_tensors="pt", padding=True,
-                    add_special_tokens=not chat).to(model.device)                # (P, Tp), left pad
-    Tp, eos_ids = enc["input_ids"].shape[1], model.generation_config.eos_token_id
-    eos_ids = sorted({tokenizer.eos_token_id, *([eos_ids] if isinstance(eos_ids, int) else eos_ids or [])})
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) \
-        if temperature > 0 else dict(do_sample=False)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
-    stop = StopAtAnswer(tokenizer, Tp)
-    shipped, model.generation_config = model.generation_config, config
-    try:
-        with amp():
-            seqs = model.generate(**enc, generation_config=config, stopping_criteria=[stop])
-    finally:
-        model.generation_config = shipped
-    completions = seqs[:, Tp:]                                                    # (B, T), B = P*n
-    stopped_at = torch.tensor([stop.stopped.get(r, 0) for r in range(len(seqs))])  # (B,)
-    mask, truncated = completion_mask(completions, eos_ids, stopped_at)           # (B, T), (B,)
-    texts = [tokenizer.decode(c[m], skip_special_tokens=True) for c, m in zip(completions, mask)]
-    prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)                   # (B, Tp)
-    return dict(input_ids=seqs, attention_mask=torch.cat([prompt_mask, mask.long()], 1),
-                completion_mask=mask, truncated=truncated, texts=texts, prompt_len=Tp)
 
 # ----------------------------------------------------------------------------------------------------
 # Loss and update
