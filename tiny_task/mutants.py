@@ -141,7 +141,7 @@ MUTANTS = [
      "min(1.0, (i + 1) / (args.warmup_steps + 1))", "min(1.0, i / (args.warmup_steps + 1))", "warmup"),
     # evaluation, checkpoints, main
     ("sampled pass@1 is sampled at temperature 1",
-     'summary(complete(k, args.temperature), k, "eval_sampled_")', 'summary(complete(k, 1.0), k, "eval_sampled_")',
+     "sampled = complete(args.eval_samples, args.temperature)", "sampled = complete(args.eval_samples, 1.0)",
      "sampled_pass"),
     ("evaluation ignores the training pool of right b's",
      'for k in ("b", "correct", "judged")), right_pool)', 'for k in ("b", "correct", "judged")), ())',
