@@ -514,22 +514,19 @@ def check_equations(step: str) -> tuple[int, int]:
                 if v is not None and c is not None]   # not checkable: no evidence either way
     return sum(verdicts), len(verdicts) - sum(verdicts)
 
-@functools.lru_cache(maxsize=None)
-def beta_quantiles(a: float, b: float, taus: tuple[float, ...]) -> tuple[float, ...]:
-    x = np.linspace(0.0, 1.0, 20001)
-    logpdf = (a - 1) * np.log(np.clip(x, 1e-12, 1)) + (b - 1) * np.log(np.clip(1 - x, 1e-12, 1))
-    cdf = np.cumsum(np.exp(logpdf - logpdf.max()))
-    return tuple(float(np.interp(t, cdf / cdf[-1], x)) for t in taus)
-
 class ToyPRM:
     """Every PRM has taus, default_tau, score(question, steps) -> (S, Q) quantiles and score_batch."""
     taus, default_tau = (0.1, 0.5, 0.9), None
     EVIDENCE = 4.0  # pseudo-counts a step's verdict adds to the uniform Beta(1, 1) prior
 
     def score(self, question: str, steps: list[str]) -> torch.Tensor:
-        k, nan = self.EVIDENCE, (math.nan,) * len(self.taus)
-        rows = [beta_quantiles(1.0, 1 + k, self.taus) if f else beta_quantiles(1 + k, 1.0, self.taus)
-                if t else nan for t, f in map(check_equations, steps)]
+        a = 1 + self.EVIDENCE
+        true_step = [t ** (1 / a) for t in self.taus]           # Beta(a, 1): cdf x^a
+        false_step = [1 - (1 - t) ** (1 / a) for t in self.taus]  # Beta(1, a): cdf 1 - (1 - x)^a
+        unjudged = [math.nan] * len(self.taus)
+        rows = []
+        for n_true, n_false in map(check_equations, steps):
+            rows.append(false_step if n_false else true_step if n_true else unjudged)
         return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.taus))  # (S, Q)
 
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
