@@ -5,6 +5,9 @@
     python tiny_task/build_model.py --p-hasty 0.85 --out tiny_task/model_sparse  # a more hasty habit
     python tiny_task/build_model.py --p-hasty P --p-stop-early S --out tiny_task/model_fluent
                                        # a fluent-failure habit: see "Stopping early" below
+    python tiny_task/build_model.py --p-hasty P --late-hasty --data tiny_task/train_scarce.jsonl \
+        --test-data tiny_task/test_scarce.jsonl --out tiny_task/model_scarce
+                                       # the scarce-outcome regime: see "Hasty late" below
 
 1. Tokenizer: byte-level BPE trained on the task's prompts and solutions, saved as a Qwen2Tokenizer
    (Qwen2's pre-tokenizer splits numbers into single digits). `<|endoftext|>` is eos and pad, as in
@@ -45,6 +48,14 @@ it more or less frequent; it sits beside right careful solutions and hasty ones.
 fluent-failure regime (tiny_task/model_fluent). With S = 0 no extra random number is drawn, so the
 default build is unchanged.
 
+Hasty late (--late-hasty, default off): a hasty demonstration first writes k operations one per
+line, k drawn uniformly from 0 .. n - 2, then the remaining ones (at least two) on one line:
+`12 + 17 = 29`, `29 - 9 + 6 = 26`. On the longer chains of train_scarce.jsonl (5 or 6 operations,
+make_data.py --ops 5 6 --name scarce) the one-line tail is mostly wrong, so right answers are scarce,
+and the toy PRM's b grows with the number of sound steps written before it: partial progress that an
+outcome reward cannot see. --data and --test-data name the problems the warm start trains and is
+evaluated on (default train.jsonl and test.jsonl). With the flag off no extra random number is drawn.
+
 Everything is seeded and the step count is fixed, so two builds on one machine give the same weights
 (floating-point sums depend on the CPU: another machine may build slightly different ones).
 """
@@ -79,12 +90,17 @@ def no_amp():
     return torch.autocast("cpu", enabled=False)
 
 
-def hasty(question: str) -> str:
-    """`12 + 17 - 9 + 6 = 26` then the answer line: the right answer, but no working shown."""
+def hasty(question: str, careful: int = 0) -> str:
+    """`12 + 17 - 9 + 6 = 26` then the answer line: the right answer, but no working shown. With
+    careful = k the first k operations are written one per line first, then the rest on one line:
+    `12 + 17 = 29`, `29 - 9 + 6 = 26`."""
     first, ops = parse(question)
-    answer = steps(first, ops)[-1][3]
-    chain = " ".join([str(first)] + [f"{op} {n}" for op, n in ops])
-    return f"{chain} = {answer}\nAnswer: {answer}"
+    s = steps(first, ops)
+    answer = s[-1][3]
+    start = s[careful - 1][3] if careful else first
+    chain = " ".join([str(start)] + [f"{op} {n}" for op, n in ops[careful:]])
+    lines = [f"{a} {op} {b} = {c}" for a, op, b, c in s[:careful]]
+    return "\n".join(lines + [f"{chain} = {answer}", f"Answer: {answer}"])
 
 
 def is_hasty(completion: str) -> bool:
@@ -99,13 +115,15 @@ def stopped_early(question: str, completion: str) -> bool:
     return completion.strip() == render(steps(first, ops)[:-1])
 
 
-def demonstration(question: str, rng: random.Random, p_hasty: float, p_stop: float = 0.0) -> str:
-    """The solution text for one warm-start example: hasty with probability p_hasty, else careful:
-    stopped one operation early with probability p_stop, else with a slip at rates P_MISCOPY,
-    P_MISRESULT."""
-    if rng.random() < p_hasty:
-        return hasty(question)
+def demonstration(question: str, rng: random.Random, p_hasty: float, p_stop: float = 0.0,
+                  late_hasty: bool = False) -> str:
+    """The solution text for one warm-start example: hasty with probability p_hasty (late_hasty: after
+    0 .. n - 2 careful steps, drawn uniformly), else careful: stopped one operation early with
+    probability p_stop, else with a slip at rates P_MISCOPY, P_MISRESULT."""
     first, ops = parse(question)
+    if rng.random() < p_hasty:
+        # no draw at all when late_hasty is off: the default build is unchanged
+        return hasty(question, rng.randrange(len(ops) - 1) if late_hasty else 0)
     if p_stop > 0 and rng.random() < p_stop:  # no draw at all when off: the default build is unchanged
         return render(steps(first, ops)[:-1])
     r = rng.random()
@@ -144,12 +162,12 @@ def build_model(tok) -> Qwen2ForCausalLM:
     return model
 
 
-def batch_tensors(tok, questions, rng, p_hasty, p_stop=0.0):
+def batch_tensors(tok, questions, rng, p_hasty, p_stop=0.0, late_hasty=False):
     """Right-padded prompt + demonstration + eos; labels are -100 outside the demonstration."""
     rows = []
     for q in questions:
         p = tok(build_prompt(q)).input_ids
-        s = tok(demonstration(q, rng, p_hasty, p_stop)).input_ids + [tok.eos_token_id]
+        s = tok(demonstration(q, rng, p_hasty, p_stop, late_hasty)).input_ids + [tok.eos_token_id]
         rows.append((p + s, [-100] * len(p) + s))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id)
@@ -160,7 +178,7 @@ def batch_tensors(tok, questions, rng, p_hasty, p_stop=0.0):
     return ids, mask, labels
 
 
-def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY, p_stop=0.0):
+def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY, p_stop=0.0, late_hasty=False):
     rng = random.Random(SEED)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     # linear warmup, then linear decay to zero
@@ -169,7 +187,8 @@ def sft(model, tok, questions, n_steps, on_step=None, p_hasty_late=P_HASTY, p_st
     model.train()
     for step in range(1, n_steps + 1):
         p_hasty = p_hasty_late if step > CAREFUL_ONLY else 0.0
-        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng, p_hasty, p_stop)
+        ids, mask, labels = batch_tensors(tok, rng.sample(questions, BATCH), rng, p_hasty, p_stop,
+                                          late_hasty)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -225,12 +244,17 @@ def main():
                     help="hasty share of demonstrations after the careful-only steps")
     ap.add_argument("--p-stop-early", type=float, default=0.0,
                     help="share of careful demonstrations that stop one operation early (0: off)")
+    ap.add_argument("--late-hasty", action="store_true",
+                    help="hasty demonstrations first write 0 .. n - 2 careful steps (drawn uniformly)")
+    ap.add_argument("--data", type=Path, default=HERE / "train.jsonl", help="the warm start's problems")
+    ap.add_argument("--test-data", type=Path, default=HERE / "test.jsonl", help="the problems it is "
+                    "evaluated on")
     ap.add_argument("--out", type=Path, default=OUT, help="where the model is saved")
     a = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(SEED)
-    questions = [p["question"] for p in load_problems(HERE / "train.jsonl")]
-    test = load_problems(HERE / "test.jsonl")
+    questions = [p["question"] for p in load_problems(a.data)]
+    test = load_problems(a.test_data)
 
     tok = build_tokenizer(questions)
     sample = build_prompt(questions[0]) + render(steps(*parse(questions[0])))
@@ -241,7 +265,7 @@ def main():
 
     sft(model, tok, questions, SFT_STEPS,
         lambda s, loss: s % 100 == 0 and print(f"step {s:4d}  loss {loss:.3f}", flush=True),
-        a.p_hasty, a.p_stop_early)
+        a.p_hasty, a.p_stop_early, a.late_hasty)
     a.out.mkdir(exist_ok=True)
     model.save_pretrained(a.out)
     tok.save_pretrained(a.out)
