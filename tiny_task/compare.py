@@ -6,6 +6,8 @@ fluent-failure regime with its own comparison.
     python tiny_task/compare.py --regime sparse --seeds 9 --arms outcome,progrs,progrs+shuffle \
         --tag more_seeds                            # a follow-up, marked exploratory: results_more_seeds.md
     python tiny_task/compare.py --regime fluent     # the fluent-failure comparison: results_fluent.md
+    python tiny_task/compare.py --regime scarce     # scarce, sparse, fluent with the group-type arms:
+                                                    # results_scarce.md (settings in SCARCE_SET)
 
 The hypotheses, the fixed settings and how each verdict is computed stand in the head of
 tiny_task/results.md, written before any run; this script keeps that head and rewrites what follows it.
@@ -29,6 +31,9 @@ Arms, each with the rule PRM (--prm toy) and the learned PRM (--prm tiny_task/pr
     progrs+shuffle   progrs with b permuted within each group: the same offsets, no PRM information
     progrs+constant  progrs with b replaced by the step's mean b: the offset alone
     progrs-strict    b centred within each outcome class: the PRM only orders rollouts within a class
+    progrs+allwrong  progrs with the centred bonus kept only in all-wrong groups (controls.py
+                     --bonus-groups); progrs+mixed: only in mixed groups; progrs+noright: everywhere
+                     but all-right groups (the all-right offset removed). --regime scarce only.
 
 Every run is `python progrs.py` itself, one thread each, --jobs at a time (2 on a 2-core machine), so
 a run's numbers depend only on its flags and seed. Runs land in out/compare/REGIME/ (--out moves them);
@@ -55,6 +60,8 @@ sys.path.insert(0, str(HERE))
 
 REGIMES = {"current": HERE / "model", "sparse": HERE / "model_sparse"}
 FLUENT = HERE / "model_fluent"   # the fluent-failure regime: its own comparison (results_fluent.md)
+SCARCE = HERE / "model_scarce"   # the scarce-outcome regime, on 5-6 operations: results_scarce.md
+SCARCE_DATA = ["--data", str(HERE / "train_scarce.jsonl"), "--eval-data", str(HERE / "test_scarce.jsonl")]
 PRMS = {"rule": ["--prm", "toy"],
         # tau 0.5: at the default lowest tau (0.1) the learned PRM gives good steps 0.06-0.10 and the
         # sparse warm start's rollouts a mean b of 0.01, a bonus too small to test anything
@@ -64,12 +71,27 @@ ARMS = {"outcome": ["--mode", "outcome"],
         "progrs": ["--mode", "progrs"],
         "progrs+shuffle": ["--mode", "progrs", "--bonus-control", "shuffle"],
         "progrs+constant": ["--mode", "progrs", "--bonus-control", "constant"],
-        "progrs-strict": ["--mode", "progrs-strict"]}
+        "progrs-strict": ["--mode", "progrs-strict"],
+        # the group-type control (controls.py --bonus-groups): the centred bonus kept only in these
+        "progrs+allwrong": ["--mode", "progrs", "--bonus-groups", "all-wrong"],
+        "progrs+mixed": ["--mode", "progrs", "--bonus-groups", "mixed"],
+        "progrs+noright": ["--mode", "progrs", "--bonus-groups", "mixed,all-wrong"]}
+GROUP_ARMS = ["progrs+allwrong", "progrs+mixed", "progrs+noright"]
 P, G = 16, 8                 # prompts per step, rollouts per prompt
 # the fluent-failure comparison's fixed settings, registered in the head of results_fluent.md
 FLUENT_SET = dict(steps=12, eval_every=3, eval_size=100, eval_samples=2, seeds=5, lams=(1.0, 2.0),
                   arms=["outcome", "absolute", "progrs", "progrs-strict"],
                   drop=[("progrs-strict", 2.0)])   # to fit 60 minutes on a shared 2-core machine
+
+
+# the scarce comparison (--regime scarce): three regimes, rule PRM, lam 1; fixed settings registered in
+# the head of results_scarce.md. Cut to fit 75 minutes on a shared 2-core machine: no progrs+noright or
+# progrs-strict in scarce (no all-right groups there: progrs+noright would repeat progrs run for run),
+# no progrs+noright in fluent (the offset is measured in sparse)
+SCARCE_SET = dict(steps=8, eval_every=4, eval_size=100, eval_samples=2, seeds=5, prms="rule",
+                  arms={"scarce": ["outcome", "absolute", "progrs", "progrs+allwrong", "progrs+mixed"],
+                        "sparse": ["outcome", "progrs", *GROUP_ARMS],
+                        "fluent": ["outcome", "progrs", "progrs+mixed", "progrs+allwrong"]})
 
 
 def arms_at(a, lam) -> list[str]:
@@ -85,10 +107,14 @@ def run(out: Path, flags: list[str]) -> dict:
     """One progrs.py run (skipped if it finished before with the same flags); returns its metric
     lines and wall time."""
     done, script = out / "done.json", [str(ROOT / "progrs.py")]
-    if "--bonus-control" in flags:  # the experiment controls run progrs.py through controls.py
+    if "--bonus-control" in flags or "--bonus-groups" in flags:  # the controls run through controls.py
         from controls import split_control
-        control, flags = split_control(flags)
-        script = [str(HERE / "controls.py"), "--bonus-control", control]
+        found, flags = split_control(flags)
+        script = [str(HERE / "controls.py")]
+        if found["control"]:
+            script += ["--bonus-control", found["control"]]
+        if found["groups"]:
+            script += ["--bonus-groups", ",".join(found["groups"])]
     if done.exists():
         import progrs
         given = vars(progrs.build_parser().parse_args(flags))
@@ -669,6 +695,316 @@ def fluent_plot(res: dict, a, path: Path):
     print(f"wrote {path}")
 
 
+# ---- the scarce comparison: where process credit pays, by group type (--regime scarce) -------------
+
+def scarce_runs(a) -> dict:
+    """{(regime, arm, seed): (run folder, flags)}: rule PRM, lam 1, SCARCE_SET's arms per regime."""
+    jobs = {}
+    for r, arms in SCARCE_SET["arms"].items():
+        model = {"scarce": SCARCE, "sparse": REGIMES["sparse"], "fluent": FLUENT}[r]
+        data = SCARCE_DATA if r == "scarce" else []
+        for arm in arms:
+            for s in range(a.seeds):
+                jobs[(r, arm, s)] = (Path(a.out) / "scarce_comparison" / r / f"{arm}-rule-seed{s}",
+                                     ["--model", str(model), *data, *base_flags(a), "--lam", str(a.lam),
+                                      *ARMS[arm], *PRMS["rule"], "--seed", str(s)])
+    return jobs
+
+
+def sound_steps(text: str) -> tuple[int, bool]:
+    """(judged true steps before the first false one, whether a false step occurs)."""
+    import progrs
+    k = 0
+    for true, false in map(progrs.check_equations, progrs.split_steps(text)):
+        if false:
+            return k, True
+        k += bool(true)
+    return k, False
+
+
+def sound_steps_table(st: dict) -> list[str]:
+    """Mean b (rule PRM) against the number of sound steps before the first false step."""
+    sm = st["sample"]
+    rows = {}
+    for text, ok, b in zip(sm["texts"], sm["correct"], sm["scored"]["rule"]["b"]):
+        k, slipped = sound_steps(text)
+        rows.setdefault(k, []).append((ok, b, slipped))
+    lines = ["| sound steps before the first false step | rollouts | with a false step | right | mean b | "
+             "mean b, those with a false step | mean b, those without |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for k in sorted(rows):
+        xs = rows[k]
+        slip = [b for _, b, f in xs if f]
+        clean = [b for _, b, f in xs if not f]
+        lines.append(f"| {k} | {len(xs)} | {len(slip)} | {sum(o for o, _, _ in xs)} | "
+                     f"{statistics.mean(b for _, b, _ in xs):.3f} | "
+                     f"{f'{statistics.mean(slip):.3f}' if slip else '-'} | "
+                     f"{f'{statistics.mean(clean):.3f}' if clean else '-'} |")
+    return lines
+
+
+def group_examples(stats: dict, lam: float) -> list[str]:
+    """One group of each type from the starting points' samples, with the advantage each arm gives."""
+    import torch
+    import progrs
+    from controls import bonus_in_groups, group_types
+
+    lines, want = [], ["all-wrong", "mixed", "all-right"]
+    for kind in want:
+        found = None
+        for regime, st in stats.items():
+            sm = st["sample"]
+            correct = torch.tensor(sm["correct"]).view(-1, G)
+            b = torch.tensor(sm["scored"]["rule"]["b"]).view(-1, G)
+            idx = [g for g, t in enumerate(group_types(correct)) if t == kind]
+            if not idx:
+                continue
+            if kind == "mixed":   # the most mixed group, as progrs.py's teaching view picks
+                g = max(idx, key=lambda i: int(correct[i].sum()) * (G - int(correct[i].sum())))
+            else:                 # the widest spread of b
+                g = max(idx, key=lambda i: float(b[i].std()))
+            found = (regime, g, correct[g:g + 1], b[g:g + 1], sm)
+            break
+        if not found:
+            lines += [f"No {kind} group in the starting points' samples.", ""]
+            continue
+        regime, g, ok, bg = found[:4]
+        sm = found[4]
+        adv, a_out, c = progrs.compute_advantages(ok, bg, "progrs", lam)
+        absolute = progrs.compute_advantages(ok, bg, "absolute", lam)[0]
+        arms = {"progrs+allwrong": ("all-wrong",), "progrs+mixed": ("mixed",),
+                "progrs+noright": ("mixed", "all-wrong")}
+        per_arm = {k: a_out + lam * bonus_in_groups(c, ok, v) for k, v in arms.items()}
+        q = sm["problems"][g * G]
+        lines += [f"{kind.capitalize()} group (regime `{regime}`, starting point's sample): {q['question']}  "
+                  f"gold: {q['gold']}", "", "```",
+                  f"{'ok':>3} {'b':>5} {'c':>6} {'A_out':>6} {'progrs':>7} {'+allwrong':>9} {'+mixed':>7} "
+                  f"{'+noright':>8} {'absolute':>8}  completion"]
+        for j in range(G):
+            text = sm["texts"][g * G + j].strip().replace("\n", " | ")
+            text = text if len(text) <= 60 else text[:57] + "..."
+            lines.append(f"{'yes' if ok[0, j] else 'no':>3} {bg[0, j]:5.2f} {c[0, j]:+6.2f} {a_out[0, j]:+6.2f} "
+                         f"{adv[0, j]:+7.2f} {per_arm['progrs+allwrong'][0, j]:+9.2f} "
+                         f"{per_arm['progrs+mixed'][0, j]:+7.2f} {per_arm['progrs+noright'][0, j]:+8.2f} "
+                         f"{absolute[0, j]:+8.2f}  {text}")
+        lines += ["```", ""]
+    return lines
+
+
+def scarce_report(stats: dict, res: dict, a) -> list[str]:
+    seeds = range(a.seeds)
+    budget = a.steps * P * G
+
+    def runs(r, arm):
+        return [res[(r, arm, s)] for s in seeds]
+
+    def evals(run, key):
+        return fcurve(run, key)
+
+    steps = [e["step"] for e in res[("scarce", "outcome", 0)]["rows"] if "eval_accuracy" in e]
+    gains, rises, finals = {}, {}, {}
+    lines = [f"## Over training", "",
+             f"Sampled pass@1: {a.eval_samples} samples per problem at T = 1 on the first {a.eval_size} test "
+             f"problems of the regime's test file; mean ± standard error over {a.seeds} seeds (points). "
+             f"'Gain': the paired (same seed) difference from outcome-only in sampled pass@1, averaged over "
+             f"the evaluations after step 0. 'Largest fluent rise': the evaluation after step 0 with the "
+             f"largest mean paired excess of the sampled fluent-failure rate over outcome-only's. "
+             f"* marks more than 2 standard errors from zero. Budget: {budget} rollouts per run.", ""]
+    for r, arms in SCARCE_SET["arms"].items():
+        base = [evals(x, "eval_sampled_accuracy") for x in runs(r, "outcome")]
+        base_ff = [evals(x, "eval_sampled_fluent_failure_rate") for x in runs(r, "outcome")]
+        target = statistics.mean(c[-1] for c in base)
+        lines += [f"### Regime `{r}`", "",
+                  "| arm | sampled pass@1 start | end | gain over outcome | rollouts to outcome's final "
+                  f"({100 * target:.1f}%) | largest fluent rise (step) | all-wrong groups / step | "
+                  "all-right groups / step | dominance violations / step | wall (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for arm in arms:
+            rs = runs(r, arm)
+            acc = [evals(x, "eval_sampled_accuracy") for x in rs]
+            ff = [evals(x, "eval_sampled_fluent_failure_rate") for x in rs]
+            g = [statistics.mean(x - y for x, y in zip(c[1:], b[1:])) for c, b in zip(acc, base)]
+            d = [[x - y for x, y in zip(c, b)] for c, b in zip(ff, base_ff)]
+            best = max(range(1, len(steps)), key=lambda i: fmean(x[i] for x in d))
+            gains[(r, arm)], finals[(r, arm)] = g, [c[-1] for c in acc]
+            rises[(r, arm)] = (steps[best], [x[best] for x in d])
+            mean_acc = [(t, statistics.mean(v)) for t, v in zip(steps, zip(*acc))]
+            reach = rollouts_to(mean_acc, target)
+            tr = [[x for x in run["rows"] if "train_accuracy" in x] for run in rs]
+            per = lambda k: [statistics.mean(x[k] for x in t) for t in tr]  # noqa: E731
+            lines.append(
+                f"| {arm} | {se_txt([c[0] for c in acc])} | {se_txt([c[-1] for c in acc])} | "
+                f"{'—' if arm == 'outcome' else se_txt(g, star=True)} | "
+                f"{'not reached' if reach is None else f'{reach:.0f} ({reach / budget:.0%})'} | "
+                f"{'—' if arm == 'outcome' else se_txt(rises[(r, arm)][1], star=True) + f' ({steps[best]})'} | "
+                f"{se_txt(per('groups_all_wrong'), 1, '{:.2f}')} | {se_txt(per('groups_all_correct'), 1, '{:.2f}')} | "
+                f"{se_txt(per('dominance_violations'), 1, '{:.2f}')} | {se_txt([x['wall_s'] for x in rs], 1, '{:.0f}')} |")
+        lines += ["", "Sampled pass@1 at each evaluation (%, mean ± standard error):", "",
+                  "| arm | " + " | ".join(f"step {t}" for t in steps) + " |", "| --- |" + " --- |" * len(steps)]
+        for arm in arms:
+            acc = [evals(x, "eval_sampled_accuracy") for x in runs(r, arm)]
+            lines.append(f"| {arm} | " + " | ".join(se_txt(list(v)) for v in zip(*acc)) + " |")
+        lines.append("")
+    return lines + scarce_verdicts(gains, rises, finals, res, a, steps)
+
+
+def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
+    seeds, budget = range(a.seeds), a.steps * P * G
+
+    def ms(xs):
+        return mse(xs)
+
+    def txt(m, se):
+        return f"{100 * m:+.1f} ± {100 * se:.1f} points"
+
+    def fragile(margin, se):
+        return " Fragile: it passes by less than 2 standard errors of its margin." if margin < 2 * se else ""
+
+    lines = ["## Hypotheses", ""]
+    # H7
+    (g_sc, se_sc), (g_sp, se_sp) = ms(gains[("scarce", "progrs")]), ms(gains[("sparse", "progrs")])
+    ok = g_sc >= 0.03 and g_sc >= 2 * g_sp
+    m1, m2 = g_sc - 0.03, g_sc - 2 * g_sp
+    se2 = math.sqrt(se_sc ** 2 + 4 * se_sp ** 2)
+    lines.append(f"- **H7: {'supported' if ok else 'not supported'}.** progrs's gain over outcome-only: "
+                 f"scarce {txt(g_sc, se_sc)}, sparse {txt(g_sp, se_sp)}. Bars: scarce at least +3.0 (margin "
+                 f"{txt(m1, se_sc)}) and at least twice sparse's (margin {txt(m2, se2)})."
+                 + (fragile(min(m1 / se_sc if se_sc else math.inf, m2 / se2 if se2 else math.inf), 1.0) if ok else ""))
+    # H1 re-tested in scarce
+    outcome_final = finals[("scarce", "outcome")]
+    t, t_se = ms(outcome_final)
+    acc = [fcurve(res[("scarce", "progrs", s)], "eval_sampled_accuracy") for s in seeds]
+    mean_acc = list(zip(steps, [statistics.mean(v) for v in zip(*acc)]))
+    reach = {k: rollouts_to(mean_acc, t + k * t_se) for k in (-1, 0, 1)}
+    verdict = {k: v is not None and v <= 0.75 * budget for k, v in reach.items()}
+    desc = lambda v: "never" if v is None else f"after {v:.0f} rollouts ({v / budget:.0%})"  # noqa: E731
+    lines.append(f"- **H1 in scarce: {'supported' if verdict[0] else 'not supported'}.** progrs's mean curve "
+                 f"reaches outcome-only's final sampled pass@1 ({100 * t:.1f} ± {100 * t_se:.1f}%) "
+                 f"{desc(reach[0])}; the bar is 75% of {budget}. Against the target ± one standard error: "
+                 f"{desc(reach[-1])} / {desc(reach[1])}."
+                 + (" Fragile: the verdict changes within one standard error of the target."
+                    if len(set(verdict.values())) > 1 else ""))
+    # H8
+    for r in ("scarce", "sparse"):
+        gp, gw = gains[(r, "progrs")], gains[(r, "progrs+allwrong")]
+        (mp, sep), (mw, sew) = ms(gp), ms(gw)
+        margin, se_m = ms([w - 2 / 3 * p for w, p in zip(gw, gp)])
+        if mp <= 0:
+            v = "not testable (progrs shows no gain to keep)"
+        else:
+            v = "supported" if mw >= 2 / 3 * mp else "not supported"
+        lines.append(f"- **H8 ({r}): {v}.** Gain over outcome-only: progrs {txt(mp, sep)}, progrs+allwrong "
+                     f"{txt(mw, sew)}" + (f" ({mw / mp:.0%} of progrs's)" if mp > 0 else "")
+                     + f"; per-seed margin over two thirds of progrs's: {txt(margin, se_m)}."
+                     + (" progrs's own gain is within noise." if mp > 0 and not beyond(mp, sep) else "")
+                     + (fragile(margin, se_m) if v == "supported" else ""))
+    # H9
+    t_p, xs_p = rises[("fluent", "progrs")]
+    t_m, xs_m = rises[("fluent", "progrs+mixed")]
+    (rp, sep), (rm, sem) = ms(xs_p), ms(xs_m)
+    se_margin = math.sqrt(sep ** 2 / 9 + sem ** 2)
+    if rp <= 0:
+        v = "not testable (progrs raised no fluent failures over outcome-only)"
+    else:
+        v = "supported" if rm <= rp / 3 else "not supported"
+    others = "; ".join(f"{arm} {txt(*ms(rises[('fluent', arm)][1]))} (step {rises[('fluent', arm)][0]})"
+                       for arm in SCARCE_SET["arms"]["fluent"][1:])
+    lines.append(f"- **H9 (fluent): {v}.** Largest rise of the sampled fluent-failure rate over outcome-only: "
+                 f"progrs {txt(rp, sep)} at step {t_p}, progrs+mixed {txt(rm, sem)} at step {t_m}; the bar is a "
+                 f"third of progrs's, {100 * rp / 3:+.1f} (margin {txt(rp / 3 - rm, se_margin)})."
+                 + (" progrs's own rise is within noise." if rp > 0 and not beyond(rp, sep) else "")
+                 + (fragile(rp / 3 - rm, se_margin) if v == "supported" else "")
+                 + f" All arms: {others}.")
+    # the all-right offset
+    for r, arms in SCARCE_SET["arms"].items():
+        said = [f"progrs minus {x} {txt(*ms([p - q for p, q in zip(gains[(r, 'progrs')], gains[(r, x)])]))}"
+                for x in ("progrs+noright", "progrs-strict") if x in arms]
+        n_right = [statistics.mean(x["groups_all_correct"] for x in res[(r, "progrs", s)]["rows"]
+                                   if "train_accuracy" in x) for s in seeds]
+        lines.append(f"- **The all-right offset ({r}):** "
+                     + (f"gain difference, per seed: {'; '.join(said)}. " if said else
+                        "no arm without the offset ran in this regime. ")
+                     + f"progrs's runs had {statistics.mean(n_right):.2f} all-right groups of {P} per step.")
+    return lines + [""]
+
+
+def scarce_plot(res: dict, a, regime: str, path: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"compare.py: matplotlib is not installed; skipping {path.name} (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
+    for ax, (key, label) in zip(axes, (("eval_sampled_accuracy", "pass@1"),
+                                       ("eval_sampled_fluent_failure_rate", "fluent-failure rate"))):
+        for arm in SCARCE_SET["arms"][regime]:
+            rs = [res[(regime, arm, s)] for s in range(a.seeds)]
+            x = [e["step"] * P * G for e in rs[0]["rows"] if "eval_accuracy" in e]
+            ys = [[100 * y for y in fcurve(r, key)] for r in rs]
+            mean = [fmean(v) for v in zip(*ys)]
+            se = [mse(list(v))[1] for v in zip(*ys)]
+            ax.plot(x, mean, marker="o", ms=3, label=arm, ls="--" if "+" in arm or "strict" in arm else "-")
+            ax.fill_between(x, [u - d for u, d in zip(mean, se)], [u + d for u, d in zip(mean, se)], alpha=0.1)
+        ax.set(xlabel="rollouts", ylabel=f"sampled {label} (%)", title=f"{regime}: rule PRM, lam {a.lam:g}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def scarce_main(a):
+    """--regime scarce: starting points, the runs (seed by seed), tables, verdicts, plots."""
+    import progrs
+    import torch
+
+    t0 = time.perf_counter()
+    problems = {"scarce": progrs.load_problems(HERE / "test_scarce.jsonl")[:200],
+                "sparse": progrs.load_problems(HERE / "test.jsonl")[:200],
+                "fluent": progrs.load_problems(HERE / "test.jsonl")[:200]}
+    models = {"scarce": SCARCE, "sparse": REGIMES["sparse"], "fluent": FLUENT}
+    torch.set_num_threads(a.jobs)
+    stats = {r: regime_stats(models[r], problems[r]) for r in problems}
+    t_stats = time.perf_counter() - t0
+    torch.set_num_threads(1)
+    jobs = scarce_runs(a)
+    order = sorted(jobs, key=lambda k: (k[2], list(SCARCE_SET["arms"]).index(k[0]),
+                                        SCARCE_SET["arms"][k[0]].index(k[1])))
+    with ThreadPoolExecutor(a.jobs) as pool:
+        futures = {k: pool.submit(run, *jobs[k]) for k in order}
+        res = {k: f.result() for k, f in futures.items()}
+    wall = time.perf_counter() - t0
+    command = " ".join(["python tiny_task/compare.py", *sys.argv[1:]])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    body = [HEAD_END, "", "# Results", "",
+            f"Produced by `{command}` at commit {commit}: {len(res)} runs of {a.steps} steps x {P} prompts x "
+            f"{G} rollouts ({sum(r['wall_s'] for r in res.values()) / 60:.1f} minutes of run time, summed over "
+            f"the runs), {a.jobs} at a time; this invocation took {wall / 60:.1f} minutes ({t_stats:.0f} s of "
+            f"it measuring the starting points). Per-run metrics and logs: the run folder "
+            f"(`--out`)/scarce_comparison/.", "",
+            "## Starting points", "",
+            f"The first 200 test problems of each regime's test file x {G} samples at T = 1, before any "
+            "training; the rule PRM at tau 0.1, the learned one at tau 0.5.", "",
+            *regime_table(stats), "",
+            "Scarce regime: mean b (rule PRM) against the judged true steps written before the first false "
+            "one:", "", *sound_steps_table(stats["scarce"]), "",
+            "## One group of each type", "",
+            f"From the starting points' samples, at lam {a.lam:g}: the centred bonus c, A_out, and the "
+            "advantage each arm gives (the +arms keep c only in their group types).", "",
+            *group_examples(stats, a.lam),
+            *scarce_report(stats, res, a)]
+    for r in SCARCE_SET["arms"]:
+        body += [f"![{r}](results_scarce_{r}.png)", ""]
+        scarce_plot(res, a, r, HERE / f"results_scarce_{r}.png")
+    path = HERE / "results_scarce.md"
+    head = path.read_text().split(HEAD_END)[0]
+    path.write_text(head + "\n".join(body) + "\n")
+    print("\n".join(body))
+    print(f"wrote {path.relative_to(ROOT)} in {wall / 60:.1f} minutes")
+
+
 # ---- plots ------------------------------------------------------------------------------------------
 
 def plot(regime: str, res: dict, a, path: Path):
@@ -719,8 +1055,9 @@ def plot(regime: str, res: dict, a, path: Path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regime", default="both", choices=["both", *REGIMES, "fluent"],
-                   help="which warm start(s); fluent: the fluent-failure comparison (results_fluent.md)")
+    p.add_argument("--regime", default="both", choices=["both", *REGIMES, "fluent", "scarce"],
+                   help="which warm start(s); fluent: the fluent-failure comparison (results_fluent.md); "
+                   "scarce: the group-type comparison in three regimes (results_scarce.md)")
     p.add_argument("--steps", type=int, help="policy updates per run (12; fluent: %d)" % FLUENT_SET["steps"])
     p.add_argument("--eval-every", type=int, help="steps between evaluations (3; fluent: %d)"
                    % FLUENT_SET["eval_every"])
@@ -740,6 +1077,13 @@ def main():
     p.add_argument("--tag", default="", help="an exploratory follow-up: write results_TAG.md, marked "
                    "as added after the pre-registered results, instead of results.md")
     a = p.parse_args()
+    if a.regime == "scarce":
+        for k, v in SCARCE_SET.items():
+            if k not in ("arms", "prms") and getattr(a, k, None) is None:
+                setattr(a, k, v)
+        if a.arms or a.prms != ",".join(PRMS):
+            p.error("--regime scarce: the arms and the PRM are fixed (SCARCE_SET)")
+        return scarce_main(a)
     fixed = FLUENT_SET if a.regime == "fluent" else \
         dict(steps=12, eval_every=3, eval_size=200, eval_samples=4, seeds=3, arms=list(ARMS))
     for k, v in fixed.items():
