@@ -27,12 +27,20 @@ from progrs import (ToyPRM, check_equations, coherence_score, compute_advantages
                     load_problems, max_dominant_lam, outcome_conditioned_centering, split_steps)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "tiny_task"))
+import learned_prm  # noqa: E402  (tiny_task/learned_prm.py: the learned PRMs behind --prm FOLDER)
 TINY_MODEL = HERE / "tiny_task" / "model"
-GSM8K = HERE.parent / "shared" / "data" / "gsm8k_test.jsonl"
+# the real GSM8K test split, for the tests that read it: PROGRS_GSM8K_TEST, else beside the checkout
+GSM8K = Path(os.environ.get("PROGRS_GSM8K_TEST") or HERE.parent / "shared" / "data" / "gsm8k_test.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Centering: property tests over many random groups
+
+def score_one(prm, question, steps):
+    """A learned PRM's (S, Q) quantiles for one solution."""
+    return prm.score_batch([question], [steps])[0]
+
 
 def random_groups(n=4000, seed=0):
     """(P, G) scores and outcomes of every shape mix: all right, all wrong, one wrong, the rest."""
@@ -255,7 +263,7 @@ def test_find_answer_marks_where_the_answer_line_ends():
     assert not progrs.find_answer("3 + 4 = 7\nAnswer: 7").ended       # no newline yet: not finished
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} not present (shared data is beside the checkout)")
+@pytest.mark.skipif(not GSM8K.exists(), reason="no GSM8K test file (set PROGRS_GSM8K_TEST)")
 def test_gsm8k_rationales_verify_against_their_own_answers_only():
     problems = load_problems(GSM8K)
     rationales = [json.loads(line)["answer"] for line in GSM8K.open()]
@@ -320,7 +328,7 @@ def test_gsm8k_with_the_wrong_content_or_no_network_is_one_clear_error(tmp_path,
     assert "\n" not in msg and "train.jsonl" in msg and "--data path/to/gsm8k_train.jsonl" in msg
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} not present (shared data is beside the checkout)")
+@pytest.mark.skipif(not GSM8K.exists(), reason="no GSM8K test file (set PROGRS_GSM8K_TEST)")
 def test_pinned_gsm8k_test_split_is_the_shared_copy():
     data = GSM8K.read_bytes()
     assert (data.count(b"\n"), hashlib.sha256(data).hexdigest()) == progrs.GSM8K_SPLITS["test"]
@@ -507,16 +515,30 @@ def grads_after_update(model, batch, adv, micro_batch, *flags):
     return torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
 
 
-def test_committed_warm_start_leaves_room_for_rl(tiny):
+def recorded_generate(monkeypatch) -> list:
+    """progrs.generate, each call's (temperature, texts) recorded in the list returned."""
+    calls = []
+    real = progrs.generate
+
+    def spy(model, tokenizer, prompts, n, max_new_tokens, temperature, *rest, **kw):
+        out = real(model, tokenizer, prompts, n, max_new_tokens, temperature, *rest, **kw)
+        calls.append((temperature, out["texts"]))
+        return out
+    monkeypatch.setattr(progrs, "generate", spy)
+    return calls
+
+
+def test_committed_warm_start_leaves_room_for_rl(tiny, monkeypatch):
     """The tiny model is what the default run trains: greedy accuracy between 40% and 70%, a mix of
     step-by-step and one-line (hasty) answers, and steps-per-answer in between (tiny_task/build_model.py)."""
     model, tok = tiny
     problems = load_problems(HERE / "tiny_task" / "test.jsonl")
     args = progrs.build_parser().parse_args(["--eval-batch", "256", "--max-new-tokens", "64"])
-    args.q_index = 0
+    calls = recorded_generate(monkeypatch)
     res = progrs.evaluate(model, tok, problems, args, ToyPRM(), no_amp)
     assert 0.40 <= res["eval_accuracy"] <= 0.70
-    one_line = sum(len(split_steps(t)) == 1 for t in res["texts"]) / len(problems)
+    texts = [x for _, batch in calls for x in batch]
+    one_line = sum(len(split_steps(t)) == 1 for t in texts) / len(problems)
     assert 0.2 <= one_line <= 0.8
     assert 1.2 <= res["eval_steps_per_answer"] <= 2.8
 
@@ -637,8 +659,7 @@ def fake_rollouts(monkeypatch, group_size, text):
         return dict(texts=texts, completion_mask=torch.ones(len(texts), 4, dtype=torch.bool),
                     truncated=torch.zeros(len(texts), dtype=torch.bool))
     monkeypatch.setattr(progrs, "generate", fake_generate)
-    args = progrs.build_parser().parse_args(["--group-size", str(group_size)])
-    args.q_index, args.max_new_tokens = 0, 8
+    args = progrs.build_parser().parse_args(["--group-size", str(group_size), "--max-new-tokens", "8"])
     return args
 
 
@@ -667,8 +688,7 @@ def test_sampled_pass_at_1_is_the_mean_over_k_samples_of_each_problem(monkeypatc
         return dict(texts=[f"Answer: {i if j < i % 4 else 999}" for i in ids for j in range(n)])
     monkeypatch.setattr(progrs, "generate", fake_generate)
     args = progrs.build_parser().parse_args(["--eval-samples", "4", "--temperature", "0.7",
-                                             "--eval-batch", "8"])
-    args.q_index, args.max_new_tokens = 0, 8
+                                             "--eval-batch", "8", "--max-new-tokens", "8"])
     problems = [{"question": f"What is {i} + 0?", "gold": str(i)} for i in range(6)]
     ev = progrs.evaluate(types.SimpleNamespace(device=torch.device("cpu")), None, problems, args,
                          ToyPRM(), no_amp)
@@ -677,20 +697,22 @@ def test_sampled_pass_at_1_is_the_mean_over_k_samples_of_each_problem(monkeypatc
     assert calls == [(6, 1, 0.0)] + [(2, 4, 0.7)] * 3
 
 
-def test_sampled_evaluation_is_seeded_and_leaves_the_training_random_stream_alone(tiny):
+def test_sampled_evaluation_is_seeded_and_leaves_the_training_random_stream_alone(tiny, monkeypatch):
     model, tok = tiny
     args = progrs.build_parser().parse_args(["--eval-samples", "2", "--eval-batch", "16",
                                              "--max-new-tokens", "24"])
-    args.q_index = 0
     problems = load_problems(HERE / "tiny_task" / "test.jsonl")[:8]
-    evals = []
+    calls = recorded_generate(monkeypatch)
+    sampled = []
     for global_seed in (123, 456):
         torch.manual_seed(global_seed)
         state = torch.get_rng_state()
-        evals.append(progrs.evaluate(model, tok, problems, args, ToyPRM(), no_amp))
+        progrs.evaluate(model, tok, problems, args, ToyPRM(), no_amp)
         assert torch.equal(torch.get_rng_state(), state)              # the training stream is untouched
-    assert evals[0]["sampled_texts"] == evals[1]["sampled_texts"]     # seeded by --seed alone
-    assert len(set(evals[0]["sampled_texts"])) > 8                    # and sampled, not greedy
+        sampled.append([x for temperature, texts in calls if temperature > 0 for x in texts])
+        calls.clear()
+    assert sampled[0] == sampled[1]                                   # seeded by --seed alone
+    assert len(set(sampled[0])) > 8                                   # and sampled, not greedy
 
 
 def test_compare_reads_rollouts_to_a_target_between_evaluations_and_pairs_seeds():
@@ -783,20 +805,6 @@ def test_chat_prompts_get_their_special_tokens_once(tiny):
     assert ids[0] == tok.eos_token_id and ids[1] != tok.eos_token_id  # the template's one, not two
 
 
-def test_size_defaults_pick_the_task_and_the_scale():
-    args = progrs.build_parser().parse_args([])
-    assert progrs.apply_size_defaults(args, 494_000_000) == "llm"
-    assert (args.data, args.eval_data, args.lr, args.max_new_tokens, args.micro_batch) == \
-        ("gsm8k", "gsm8k", 1e-6, 512, 8)
-    assert args.save_every == args.eval_every == 25
-    args = progrs.build_parser().parse_args(["--lr", "3e-6", "--data", "mine.jsonl"])
-    progrs.apply_size_defaults(args, 494_000_000)
-    assert args.lr == 3e-6 and args.data == "mine.jsonl" and args.eval_data == "gsm8k"
-    args = progrs.build_parser().parse_args([])
-    assert progrs.apply_size_defaults(args, 829_696) == "tiny"
-    assert Path(args.data) == HERE / "tiny_task" / "train.jsonl" and args.lr == 1e-4
-
-
 # ----------------------------------------------------------------------------------------------------
 # Learned PRMs behind the same interface (random-init heads on the tiny body; the built one below)
 
@@ -812,7 +820,7 @@ def save_token_classifier(path, labels, seed=0):
 
 
 def cpu_prm(path):
-    return progrs.ModelPRM(str(path), torch.device("cpu"), no_amp)
+    return learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp)
 
 
 QUESTION, STEPS = "What is 47 + 28 - 19?", ["47 + 28 = 75", "so subtract 19", "75 - 19 = 56"]
@@ -821,9 +829,9 @@ QUESTION, STEPS = "What is 47 + 28 - 19?", ["47 + 28 = 75", "so subtract 19", "7
 def test_two_class_prm_reads_the_probability_of_a_good_step(tmp_path):
     prm = cpu_prm(save_token_classifier(tmp_path / "pm", ["bad", "good"]))
     assert prm.kind == "two-class" and prm.taus == (0.5,) and prm.good == 1
-    q = prm.score(QUESTION, STEPS)
+    q = score_one(prm, QUESTION, STEPS)
     assert q.shape == (3, 1) and ((q > 0) & (q < 1)).all()
-    ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
+    ids, ends = learned_prm.prm_inputs(prm.tokenizer, QUESTION, STEPS)
     with torch.no_grad():
         z = prm.model(input_ids=torch.tensor([ids])).logits[0, ends]  # read at each step's last token
     assert torch.allclose(q[:, 0], z.softmax(-1)[:, 1], atol=1e-6)
@@ -836,13 +844,13 @@ def test_quantile_prm_never_crosses_and_batches_like_one_at_a_time(tmp_path):
     assert prm.kind == "quantile" and prm.taus == (0.1, 0.5, 0.9)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(10000, 3, generator=g) * 20
-    q = progrs.quantiles_from_logits(z)
+    q = learned_prm.quantiles_from_logits(z)
     assert (q[:, 1:] >= q[:, :-1]).all() and ((q >= 0) & (q <= 1)).all()
     questions = ["What is 3 + 4?", QUESTION, "What is 1 + 1 + 1?", QUESTION, QUESTION]
     steps = [["3 + 4 = 7"], STEPS, [], STEPS[:1], STEPS]                # repeats are scored once
     batched = prm.score_batch(questions, steps)
     for qs, st, b in zip(questions, steps, batched):
-        assert b.shape == (len(st), 3) and torch.allclose(b, prm.score(qs, st), atol=1e-5)
+        assert b.shape == (len(st), 3) and torch.allclose(b, score_one(prm, qs, st), atol=1e-5)
         assert (b[:, 1:] >= b[:, :-1]).all()
 
 
@@ -850,8 +858,8 @@ def test_the_built_prm_loads_and_tells_careful_steps_from_hasty_ones():
     """tiny_task/prm (tiny_task/build_prm.py): a quantile head that learned the style of a solution."""
     prm = cpu_prm(HERE / "tiny_task" / "prm")
     assert prm.kind == "quantile" and prm.taus == (0.1, 0.5, 0.9)
-    careful = prm.score(QUESTION, ["47 + 28 = 75", "75 - 19 = 56"])
-    hasty = prm.score(QUESTION, ["47 + 28 - 19 = 50"])
+    careful = score_one(prm, QUESTION, ["47 + 28 = 75", "75 - 19 = 56"])
+    hasty = score_one(prm, QUESTION, ["47 + 28 - 19 = 50"])
     assert (careful[:, 1:] > careful[:, :-1]).all() and careful[-1, 1] > 0.5 > hasty[0, 1]
 
 
@@ -861,7 +869,7 @@ def test_rule_and_learned_prm_are_interchangeable_in_rollout_step(tmp_path, monk
     learned = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"]))
     out = [progrs.rollout_step(None, None, problems, args, prm, no_amp) for prm in (ToyPRM(), learned)]
     assert out[0].keys() == out[1].keys()
-    for k in ("correct", "b_grid", "adv", "a_out", "bonus"):
+    for k in ("correct", "b_grid", "adv", "a_out", "c"):
         assert out[0][k].shape == out[1][k].shape == (3, 4)
     assert torch.equal(out[0]["correct"], out[1]["correct"])          # the outcome is the PRM's no business
     m = [progrs.step_metrics(o, args) for o in out]
@@ -885,7 +893,9 @@ def test_a_head_that_does_not_match_its_labels_is_one_line(tmp_path):
 # End to end and CLI
 
 def run_cli(*flags, timeout=600):
-    return subprocess.run([sys.executable, str(HERE / "progrs.py"), *flags], cwd=HERE,
+    """progrs.py in a subprocess; a fresh --out unless the flags name one."""
+    out = [] if "--out" in flags else ["--out", str(Path(tempfile.mkdtemp()) / "out")]
+    return subprocess.run([sys.executable, str(HERE / "progrs.py"), *out, *flags], cwd=HERE,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -1003,32 +1013,47 @@ def test_chat_run_end_to_end(tmp_path, tiny, monkeypatch):
         seen.append((prompts, args[-1] if len(args) == 5 else kwargs.get("chat")))
         return real(model, tokenizer, prompts, *args, **kwargs)
     monkeypatch.setattr(progrs, "generate", recording)
-    res = progrs.main(small(tmp_path / "out", "--model", str(tmp_path / "chat_model"), "--chat"))
+    progrs.main(small(tmp_path / "out", "--model", str(tmp_path / "chat_model"), "--chat",
+                      "--defaults", "tiny"))
     assert len(seen) >= 4 and all(chat is True for _, chat in seen)       # rollouts and evaluations
     assert all(p.startswith(f"user: {progrs.INSTRUCTION}\n") and p.endswith("\nSolution:\n")
                and "Question:" not in p for ps, _ in seen for p in ps)        # the template's text
-    assert len(res["after"]["texts"]) == 4                                # the last evaluation ran, chatted
+    last = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and "eval_accuracy" in last and len(seen[-1][0]) == 4  # the last evaluation
     assert json.loads((tmp_path / "out" / "config.json").read_text())["chat"] is True
     with pytest.raises(progrs.ProgrsError, match="--chat"):
         progrs.main(small(tmp_path / "out2", "--chat"))               # the tiny tokenizer has none
 
 
 # ----------------------------------------------------------------------------------------------------
-# An LLM-sized model (random weights, saved locally): GSM8K by default, offline
+# Defaults follow the model named: the tiny task for a model in tiny_task/, GSM8K for any other
+
+def test_defaults_follow_the_named_model_and_flags_override(tmp_path):
+    def picked(*flags):
+        args = progrs.build_parser().parse_args(list(flags))
+        return progrs.apply_defaults(args), args
+    size, args = picked()                                             # the bundled tiny model
+    assert size == "tiny" and Path(args.data) == HERE / "tiny_task" / "train.jsonl" and args.lr == 1e-4
+    assert picked("--model", str(HERE / "tiny_task" / "model_sparse"))[0] == "tiny"
+    for model in ("Qwen/Qwen2.5-0.5B", str(tmp_path / "mine")):       # a hub id, a folder elsewhere
+        size, args = picked("--model", model)
+        assert size == "llm"
+        assert (args.data, args.eval_data, args.lr, args.max_new_tokens, args.micro_batch) == \
+            ("gsm8k", "gsm8k", 1e-6, 512, 8)
+        assert args.save_every == args.eval_every == 25 and args.eval_size == 500 and args.steps == 200
+    size, args = picked("--model", "Qwen/Qwen2.5-0.5B", "--lr", "3e-6", "--data", "mine.jsonl")
+    assert args.lr == 3e-6 and args.data == "mine.jsonl" and args.eval_data == "gsm8k"
+    assert picked("--model", str(tmp_path / "mine"), "--defaults", "tiny")[0] == "tiny"
+    assert picked("--defaults", "llm")[0] == "llm"
+    help_text = progrs.build_parser().format_help()
+    assert "0.0001 tiny / 1e-06 LLM" in help_text and "--defaults" in help_text
+
 
 @pytest.fixture(scope="module")
-def llm_sized(tmp_path_factory):
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=6,
-                      num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg)
-    assert sum(p.numel() for p in model.parameters()) > progrs.TINY_MAX_PARAMS
-    path = tmp_path_factory.mktemp("llm_sized")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+def tiny_elsewhere(tmp_path_factory):
+    """The tiny model saved outside tiny_task/: a user's own small model."""
+    path = tmp_path_factory.mktemp("mine") / "model"
+    shutil.copytree(TINY_MODEL, path)
     return path
 
 
@@ -1038,28 +1063,43 @@ def offline_env(tmp_path):
                 PROGRS_GSM8K_URL="http://127.0.0.1:9/gsm8k")
 
 
-def test_llm_sized_model_defaults_to_gsm8k_and_says_so_offline(llm_sized, tmp_path):
-    proc = subprocess.run([sys.executable, str(HERE / "progrs.py"), "--model", str(llm_sized),
+def test_a_model_outside_tiny_task_defaults_to_gsm8k_and_says_so(tiny_elsewhere, tmp_path):
+    proc = subprocess.run([sys.executable, str(HERE / "progrs.py"), "--model", str(tiny_elsewhere),
                            "--out", str(tmp_path / "out")], cwd=HERE, capture_output=True, text=True,
                           env=offline_env(tmp_path), timeout=600)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(err) == 1, proc.stderr[-2000:]
     assert "--data gsm8k" in err[0] and "127.0.0.1:9/gsm8k/train.jsonl" in err[0]
+    # with the GSM8K splits in the cache it starts, and its startup line names the choice
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for split in ("train", "test"):
+        rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}
+                for i in range(4)]
+        (cache / f"gsm8k_{split}.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    flags = small(tmp_path / "out2", "--model", str(tiny_elsewhere), "--max-new-tokens", "8",
+                  "--micro-batch", "4", "--eval-batch", "8", "--steps", "1")
+    proc = subprocess.run([sys.executable, str(HERE / "progrs.py"), *flags], cwd=HERE,
+                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "llm defaults (not in tiny_task/)" in proc.stdout.splitlines()[0]
+    config = json.loads((tmp_path / "out2" / "config.json").read_text())
+    assert config["data"] == "gsm8k" and config["lr"] == 1e-6 and config["eval_every"] == 25
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason=f"{GSM8K} not present (shared data is beside the checkout)")
-def test_llm_sized_model_trains_two_steps_on_gsm8k_files(llm_sized, tmp_path):
-    flags = small(tmp_path / "out", "--model", str(llm_sized), "--data", str(GSM8K), "--eval-data",
+@pytest.mark.skipif(not GSM8K.exists(), reason="no GSM8K test file (set PROGRS_GSM8K_TEST)")
+def test_an_llm_defaults_run_trains_two_steps_on_gsm8k_files(tiny_elsewhere, tmp_path):
+    flags = small(tmp_path / "out", "--model", str(tiny_elsewhere), "--data", str(GSM8K), "--eval-data",
                   str(GSM8K), "--max-new-tokens", "16", "--micro-batch", "2", "--eval-batch", "4")
     proc = subprocess.run([sys.executable, str(HERE / "progrs.py"), *flags], cwd=HERE,
                           capture_output=True, text=True, env=offline_env(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "(llm defaults)" in proc.stdout
+    assert "llm defaults" in proc.stdout
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train_accuracy" in r]
     assert len(steps) == 2 and all(r["completion_tokens"] <= 16 for r in steps)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["lr"] == 1e-6 and config["eval_every"] == 25          # the LLM-size defaults
+    assert config["lr"] == 1e-6 and config["eval_every"] == 25          # the LLM defaults
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1104,7 +1144,7 @@ def gauge_batch():
     correct = torch.tensor([[True, False, False, False], [False, False, False, False]])
     b = torch.tensor([[0.8, 0.6, 0.5, 0.1], [0.45, 0.1, 0.9, 0.0]])
     adv, a_out, bonus = compute_advantages(correct, b, "progrs", 1.0)
-    return dict(correct=correct, b_grid=b, bonus=bonus, adv=adv, a_out=a_out, judged=[True] * 7 + [False],
+    return dict(correct=correct, b_grid=b, c=bonus, adv=adv, a_out=a_out, judged=[True] * 7 + [False],
                 trace_error=[False] * 8, n_steps=[2] * 8, completion_mask=torch.ones(8, 5, dtype=torch.bool),
                 truncated=torch.zeros(8, dtype=torch.bool), unscorable=[False] * 8)
 
@@ -1132,8 +1172,7 @@ def test_evaluation_reports_the_fluent_failure_rate_against_the_training_pool(mo
     """evaluate's gauge uses the right b's seen in training: sound-looking wrong answers count."""
     texts = ["2 + 2 = 4\nAnswer: 4", "Add.\n2 + 2 = 4\nAnswer: 5", "2 + 2 = 5\nAnswer: 5", "Answer: 5"]
     monkeypatch.setattr(progrs, "generate", lambda model, tok, prompts, n, *a, **k: dict(texts=texts))
-    args = progrs.build_parser().parse_args(["--eval-batch", "8"])
-    args.q_index, args.max_new_tokens = 0, 8
+    args = progrs.build_parser().parse_args(["--eval-batch", "8", "--max-new-tokens", "8"])
     problems = [{"question": "What is 2 + 2?", "gold": "4"}] * 4
     ev = progrs.evaluate(None, None, problems, args, ToyPRM(), no_amp, right_pool=[0.9, 0.95])
     true, false = (coherence_score(ToyPRM().score("", [s])[:, 0]) for s in ("2 + 2 = 4", "2 + 2 = 5"))
@@ -1149,8 +1188,10 @@ def test_rollout_step_scores_with_the_named_column_and_the_runs_mode_and_lam(mon
     texts = lambda i, j: f"{i} + 1 = {i + 1}\n{i} + 2 = {i + 2 + j % 2}\nAnswer: {i + j}"  # noqa: E731
     args = fake_rollouts(monkeypatch, 4, texts)
     for mode, lam, q_index in (("progrs", 0.7, 2), ("absolute", 1.3, 1), ("outcome", 1.0, 0)):
-        args.mode, args.lam, args.q_index = mode, lam, q_index
-        batch = progrs.rollout_step(None, None, problems, args, ToyPRM(), no_amp)
+        args.mode, args.lam = mode, lam
+        prm = ToyPRM()
+        prm.q_index = q_index
+        batch = progrs.rollout_step(None, None, problems, args, prm, no_amp)
         b = torch.tensor([[coherence_score(ToyPRM().score("", split_steps(texts(i, j)))[:, q_index])
                            for j in range(4)] for i in range(2)])
         assert torch.allclose(batch["b_grid"], b)
@@ -1160,7 +1201,7 @@ def test_rollout_step_scores_with_the_named_column_and_the_runs_mode_and_lam(mon
 
 def test_teaching_view_shows_the_most_mixed_group_and_marks_fluent_failures():
     batch = gauge_batch()
-    batch = dict(batch, **{k: batch[k].flip(0) for k in ("correct", "b_grid", "bonus", "adv", "a_out")})
+    batch = dict(batch, **{k: batch[k].flip(0) for k in ("correct", "b_grid", "c", "adv", "a_out")})
     batch["fluent"] = torch.tensor([[False, False, True, False], [False, True, False, False]])
     batch["texts"] = [f"text {r}" for r in range(8)]
     batch["step_scores"] = [[0.5, math.nan]] * 8
@@ -1190,8 +1231,8 @@ def test_check_args_ranges_are_strict_or_inclusive_as_written():
 def test_build_prm_reads_the_flag_else_the_configs_quantile_else_the_lowest():
     def built(*flags):
         args = progrs.build_parser().parse_args(list(flags))
-        progrs.build_prm(args, torch.device("cpu"), no_amp)
-        return args.prm_quantile, args.q_index
+        prm = progrs.build_prm(args, torch.device("cpu"), no_amp)
+        return prm.taus[prm.q_index], prm.q_index
     assert built() == (0.1, 0)                                        # the toy PRM: its lowest
     assert built("--prm-quantile", "0.9") == (0.9, 2)
     learned = str(HERE / "tiny_task" / "prm")                         # its config names 0.5
@@ -1204,11 +1245,11 @@ def test_build_prm_reads_the_flag_else_the_configs_quantile_else_the_lowest():
 def test_prm_inputs_end_each_step_at_its_last_token(tiny):
     _, tok = tiny
     prompt = progrs.build_prompt(QUESTION)
-    ids, ends = progrs.prm_inputs(tok, QUESTION, STEPS)
+    ids, ends = learned_prm.prm_inputs(tok, QUESTION, STEPS)
     assert ends[-1] == len(ids) - 1
     for k, e in enumerate(ends):                                      # up to and including "step\n"
         assert tok.decode(ids[:e + 1]) == prompt + "".join(s + "\n" for s in STEPS[:k + 1])
-    ids, ends = progrs.prm_inputs(tok, QUESTION, STEPS, tag="#")
+    ids, ends = learned_prm.prm_inputs(tok, QUESTION, STEPS, tag="#")
     for k, e in enumerate(ends):                                      # at the tag, before its newline
         assert tok.decode(ids[:e + 1]) == prompt + "".join(f"{s} #\n" for s in STEPS[:k]) + f"{STEPS[k]} #"
     assert tok.decode(ids) == prompt + "".join(f"{s} #\n" for s in STEPS)
@@ -1218,14 +1259,14 @@ def test_learned_prms_read_the_logits_at_each_steps_last_token(tmp_path):
     """A quantile head against a forward pass done by hand; steps past the PRM's context get NaN (no
     opinion). The causal LM read at a step tag: test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag."""
     prm = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"], seed=3))
-    ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
+    ids, ends = learned_prm.prm_inputs(prm.tokenizer, QUESTION, STEPS)
     with torch.no_grad():
         z = prm.model(input_ids=torch.tensor([ids])).logits[0]
-    got = prm.score(QUESTION, STEPS)
-    assert torch.allclose(got, progrs.quantiles_from_logits(z[ends]), atol=1e-5)
-    assert not torch.allclose(got, progrs.quantiles_from_logits(z[[e - 1 for e in ends]]), atol=1e-3)
+    got = score_one(prm, QUESTION, STEPS)
+    assert torch.allclose(got, learned_prm.quantiles_from_logits(z[ends]), atol=1e-5)
+    assert not torch.allclose(got, learned_prm.quantiles_from_logits(z[[e - 1 for e in ends]]), atol=1e-3)
     prm.max_len = ends[1] + 1                                         # a context that ends at step 2
-    cut = prm.score(QUESTION, STEPS)
+    cut = score_one(prm, QUESTION, STEPS)
     assert torch.allclose(cut[:2], got[:2], atol=1e-5) and torch.isnan(cut[2]).all()  # no opinion
 
 
@@ -1350,7 +1391,7 @@ def test_prm_quantile_flag_picks_the_column_a_run_scores_with(quantile_run, tiny
     texts = progrs.generate(model, tok, prompts, 1, 40, 0.0, no_amp)["texts"]
     b = {column: sum(coherence_score(ToyPRM().score(p["question"], split_steps(t))[:, column])
                      for p, t in zip(problems, texts)) / len(texts) for column in (0, 2)}
-    assert quantile_run["config"]["prm_quantile"] == 0.9 and quantile_run["config"]["q_index"] == 2
+    assert quantile_run["config"]["prm_quantile"] == 0.9
     first = quantile_run["rows"][0]
     assert first["step"] == 0 and first["eval_process_score"] == pytest.approx(b[2])
     assert b[2] > b[0] + 0.05
@@ -1423,7 +1464,8 @@ def bad_input_runs(tmp_path_factory):
     model, prm = truncated_copy(TINY_MODEL, tmp / "trunc_model"), truncated_copy(HERE / "tiny_task" / "prm",
                                                                                  tmp / "trunc_prm")
     cases = {  # name: (flags, needles in the one line, refused before the model loads)
-        "truncated model weights": (["--model", str(model)], [f"--model {model}"], False),
+        "truncated model weights": (["--model", str(model), "--defaults", "tiny"], [f"--model {model}"],
+                                    False),
         "device mps": (["--device", "mps"], ["--device mps"], True),
         "device cuda:3": (["--device", "cuda:3"], ["--device cuda:3"], True),
         "out below a file": (["--out", str(a_file / "out")], [f"--out {a_file / 'out'}"], True),
@@ -1492,18 +1534,18 @@ from pathlib import Path
 import torch, progrs
 model, tok = progrs.load_model(sys.argv[1], torch.device("cpu"))
 out = Path(sys.argv[2])
-progrs.save_checkpoint(model, tok, out, 1)               # a whole checkpoint
+progrs.save_checkpoint(model, tok, out, 1, {"step": 1})  # a whole checkpoint
 real = model.save_pretrained
 def slow(path, *args, **kwargs):                         # writes the weights, then stalls
     real(path, *args, **kwargs)
     print("writing", flush=True)
     time.sleep(600)
 model.save_pretrained = slow
-progrs.save_checkpoint(model, tok, out, 2)               # killed while model.tmp is half written
+progrs.save_checkpoint(model, tok, out, 2, {"step": 2})  # killed while model.tmp is half written
 """
 
 
-def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_next_run(tmp_path, capsys):
+def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_resuming_run(tmp_path):
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(TINY_MODEL), str(out)], cwd=HERE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -1515,38 +1557,36 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_next_run(tmp_path, caps
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    shutil.copytree(out, tmp_path / "again")
+    # a fresh run into the folder is refused, and touches nothing
+    with pytest.raises(progrs.ProgrsError, match="--resume.*another --out"):
+        progrs.prepare_out(str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["model", "model.tmp"]
+    # --resume cleans up, says so on one line, and keeps the whole checkpoint
     logged = []
-    progrs.prepare_out(str(out), log=logged.append)
+    progrs.prepare_out(str(out), resume=True, log=logged.append)
     assert len(logged) == 1 and "removed model.tmp/" in logged[0]
     assert sorted(p.name for p in out.iterdir()) == ["model"]
     assert json.loads((out / "model" / "progrs_step.json").read_text()) == {"step": 1}  # the whole one
-    # a run into the same folder: cleans up, says so on one line, trains, leaves only its checkpoint
-    progrs.main(small(tmp_path / "again", "--steps", "1", "--eval-size", "2", "--max-new-tokens", "8"))
-    said = [x for x in capsys.readouterr().out.splitlines() if "interrupted checkpoint save" in x]
-    assert len(said) == 1 and "removed model.tmp/" in said[0]
-    assert not {"model.tmp", "model.old"} & {p.name for p in (tmp_path / "again").iterdir()}
-    assert json.loads((tmp_path / "again" / "model" / "progrs_step.json").read_text()) == {"step": 1}
 
 
 def test_a_save_killed_between_its_two_renames_gets_the_last_model_back(tmp_path, tiny):
     """model -> model.old, then model.tmp -> model: killed in between, model/ is missing."""
     model, tok = tiny
-    progrs.save_checkpoint(model, tok, tmp_path, 3)
+    progrs.save_checkpoint(model, tok, tmp_path, 3, {"step": 3})
     (tmp_path / "model").rename(tmp_path / "model.old")
     (tmp_path / "model.tmp").mkdir()
     (tmp_path / "model.tmp" / "progrs_step.json").write_text(json.dumps({"step": 4}))
     logged = []
-    progrs.prepare_out(str(tmp_path), log=logged.append)
+    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
     assert len(logged) == 2 and "restored model/ from model.old/" in logged[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 3}
     assert (tmp_path / "model" / "model.safetensors").exists()
     # killed after the second rename: model/ is the new one, model.old/ only a leftover
-    progrs.save_checkpoint(model, tok, tmp_path, 5)
+    progrs.save_checkpoint(model, tok, tmp_path, 5, {"step": 5})
     shutil.copytree(tmp_path / "model", tmp_path / "model.old")
     logged.clear()
-    progrs.prepare_out(str(tmp_path), log=logged.append)
+    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
     assert len(logged) == 1 and "removed model.old/" in logged[0]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -1571,11 +1611,11 @@ def save_step_tag_prm(path, tag="<step>", config_tag=False, seed=0):
 
 def test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag(tmp_path):
     path = save_step_tag_prm(tmp_path / "ms")
-    prm = progrs.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<step>", tokens="+,-")
+    prm = learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<step>", tokens="+,-")
     steps = ["47 + 28 = 75", "75 - 19 = 56", "so the answer follows"]
-    got = prm.score(QUESTION, steps)                                               # (S, 1)
+    got = score_one(prm, QUESTION, steps)                                               # (S, 1)
     tok, model = prm.tokenizer, prm.model
-    ids, ends = progrs.prm_inputs(tok, QUESTION, steps, "<step>")
+    ids, ends = learned_prm.prm_inputs(tok, QUESTION, steps, "<step>")
     assert [ids[e] for e in ends] == [tok.convert_tokens_to_ids("<step>")] * len(steps)  # read at the tag
     plus, minus = (tok.encode(t, add_special_tokens=False)[0] for t in ("+", "-"))
     with torch.no_grad():
@@ -1586,16 +1626,16 @@ def test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag(tmp_path):
     assert torch.allclose(got[:, 0], want, atol=1e-5)
     assert not torch.allclose(want, want[:1].expand(3), atol=1e-3)                 # steps differ
     # the tag and tokens can come from the PRM's config instead of the flags
-    cfg = progrs.ModelPRM(str(save_step_tag_prm(tmp_path / "cfg", config_tag=True)), torch.device("cpu"),
+    cfg = learned_prm.ModelPRM(str(save_step_tag_prm(tmp_path / "cfg", config_tag=True)), torch.device("cpu"),
                           no_amp)
-    assert cfg.tag == "<step>" and torch.allclose(cfg.score(QUESTION, steps), got, atol=1e-6)
+    assert cfg.tag == "<step>" and torch.allclose(score_one(cfg, QUESTION, steps), got, atol=1e-6)
 
 
 def test_step_tag_prm_with_a_wrong_tag_or_token_is_one_clear_error(tmp_path):
     path = str(save_step_tag_prm(tmp_path / "ms"))
     for tag, tokens in (("ки", "+,-"), ("<step>", "+,plus sign"), ("<step>", "+")):
         with pytest.raises(progrs.ProgrsError, match="--prm-tag / --prm-tokens") as e:
-            progrs.ModelPRM(path, torch.device("cpu"), no_amp, tag=tag, tokens=tokens)
+            learned_prm.ModelPRM(path, torch.device("cpu"), no_amp, tag=tag, tokens=tokens)
         assert "\n" not in str(e.value) and path in str(e.value)
 
 
@@ -1608,7 +1648,7 @@ def test_learned_prm_bonus_is_on_the_toy_prms_scale_by_default(tiny):
     model, tok = tiny
     args = progrs.build_parser().parse_args(["--prm", str(HERE / "tiny_task" / "prm")])
     learned = progrs.build_prm(args, torch.device("cpu"), no_amp)
-    assert args.prm_quantile == 0.5 == learned.default_tau
+    assert learned.taus[learned.q_index] == 0.5 == learned.default_tau
     toy_args = progrs.build_parser().parse_args([])
     toy = progrs.build_prm(toy_args, torch.device("cpu"), no_amp)
     problems = load_problems(HERE / "tiny_task" / "train.jsonl")[:16]
@@ -1622,13 +1662,12 @@ def test_learned_prm_bonus_is_on_the_toy_prms_scale_by_default(tiny):
         correct, b = torch.tensor(s["correct"]).view(16, 8), torch.tensor(s["b"]).view(16, 8)
         return float(compute_advantages(correct, b, "progrs", 1.0)[2].abs().mean())
 
-    ratio = mean_abs_bonus(learned, args.q_index) / mean_abs_bonus(toy, toy_args.q_index)
+    ratio = mean_abs_bonus(learned, learned.q_index) / mean_abs_bonus(toy, toy.q_index)
     assert 1 / 3 <= ratio <= 3, ratio
     assert mean_abs_bonus(learned, 0) / mean_abs_bonus(toy, 0) < 1 / 3   # the trap it replaces
     args = progrs.build_parser().parse_args(["--prm", str(HERE / "tiny_task" / "prm"),
                                              "--prm-quantile", "0.9"])
-    progrs.build_prm(args, torch.device("cpu"), no_amp)
-    assert args.q_index == 2                                                # the flag still wins
+    assert progrs.build_prm(args, torch.device("cpu"), no_amp).q_index == 2  # the flag still wins
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1778,3 +1817,175 @@ def test_trl_two_processes_split_groups():
     assert r["groups"] == 2 and r["split_groups"] == 2
     assert r["max_abs_diff"] <= 1e-6
     assert r["per_process_max_abs_diff"] > 0.1     # these groups tell global from per-process apart
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dominance warnings, entropy, refusals, --resume, machine paths
+
+@pytest.mark.parametrize("mode,lam,warns", [
+    ("progrs-strict", 2.0, True), ("progrs-strict", 1.3, False), ("absolute", 1.0, True),
+    ("absolute", 0.99, False), ("progrs", 2.0, False), ("progrs", 2.6, True), ("outcome", 50.0, False)])
+def test_a_lam_that_can_rank_wrong_above_right_warns_in_every_mode(mode, lam, warns, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setattr(progrs, "train", lambda *a, **k: {})             # the warning comes before training
+    progrs.main(["--mode", mode, "--lam", str(lam), "--steps", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert ("warning: --lam" in err) == warns, err
+    if warns:
+        assert f"--mode {mode}" in err and "G=8" in err
+
+
+def test_strict_mode_at_lam_2_warns_from_the_command_line(tmp_path):
+    proc = run_cli("--mode", "progrs-strict", "--lam", "2", "--steps", "1", "--eval-size", "2",
+                   "--prompts-per-step", "1", "--max-new-tokens", "8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = [x for x in proc.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warning) == 1 and "1.33" in warning[0] and "progrs-strict" in warning[0]
+
+
+def test_entropy_is_the_mean_token_entropy_of_the_sampled_completions_at_the_temperature(tiny):
+    model, tok = tiny
+    problems = load_problems(HERE / "tiny_task" / "test.jsonl")[:3]
+    prompts = [progrs.build_prompt(p["question"]) for p in problems]
+    torch.manual_seed(0)
+    batch = progrs.generate(model, tok, prompts, 2, 12, 0.7, no_amp)
+    ids, att, Tp = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=att,
+                       position_ids=(att.cumsum(-1) - 1).clamp(min=0)).logits[:, Tp - 1:-1].float()
+
+    def by_hand(temperature):
+        logp = (logits / temperature).log_softmax(-1)                     # (B, T, V)
+        per_token = -(logp.exp() * logp).sum(-1)                          # (B, T)
+        mask = batch["completion_mask"].float()
+        return float((per_token * mask).sum() / mask.sum())
+    m = copy.deepcopy(model)
+    args = progrs.build_parser().parse_args(["--temperature", "0.7", "--micro-batch", "4"])
+    sgd = torch.optim.SGD(m.parameters(), lr=0.0)
+    stats = progrs.update_policy(m, sgd, batch, torch.zeros(6), args, no_amp)
+    assert stats["entropy"] == pytest.approx(by_hand(0.7), rel=1e-4)
+    assert abs(by_hand(1.0) - by_hand(0.7)) > 1e-2                       # the temperature matters
+
+
+def test_a_non_finite_gradient_stops_the_run_before_the_weights_change(tiny):
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    torch.manual_seed(0)
+    batch = progrs.generate(m, tok, [progrs.build_prompt("What is 2 + 3?")], 2, 8, 1.0, no_amp)
+    m.get_input_embeddings().weight.register_hook(lambda g: g * math.nan)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    args = progrs.build_parser().parse_args(["--micro-batch", "2"])
+    with pytest.raises(progrs.ProgrsError, match="non-finite gradient norm"):
+        progrs.update_policy(m, opt, batch, torch.tensor([1.0, -1.0]), args, no_amp)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    from transformers import Qwen2ForCausalLM
+    real = Qwen2ForCausalLM.save_pretrained
+    saves = []
+
+    def fill_the_disk_on_the_second_save(self, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            real(self, path, *args, **kwargs)              # half written, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real(self, path, *args, **kwargs)
+    monkeypatch.setattr(Qwen2ForCausalLM, "save_pretrained", fill_the_disk_on_the_second_save)
+    full = r"step 2 checkpoint \(No space left on device\).*last whole"
+    with pytest.raises(progrs.ProgrsError, match=full):
+        progrs.main(small(tmp_path, "--save-every", "1", "--eval-every", "5", "--eval-size", "2"))
+    assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl", "model"]
+    proc = run_cli(*small(tmp_path / "cli"), "--save-every", "1")
+    assert proc.returncode == 0                                        # (a disk with room: no message)
+
+
+def test_command_line_faults_are_one_line_before_any_work(tmp_path):
+    from transformers import AutoModelForTokenClassification
+    prm_like = tmp_path / "token_classifier"
+    save_token_classifier(prm_like, ["q0.1", "q0.5", "q0.9"])
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(TINY_MODEL, no_tokenizer)
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    assert AutoModelForTokenClassification.from_pretrained(prm_like).config.architectures
+    cases = [(["--model", str(prm_like), "--defaults", "tiny"],
+              ["--model", "TokenClassification", "causal LM"]),
+             (["--model", str(no_tokenizer)], ["--model", "no tokenizer files"]),
+             (["--out", ""], ["--out", "empty"]),
+             (["--seed", "-1"], ["--seed", ">= 0"]),
+             (["--micro-batch", "0"], ["--micro-batch"]),
+             (["--prm-tag", "ки"], ["--prm-tag", "toy PRM"]),
+             (["--prm-tokens", "+,-"], ["--prm-tokens", "toy PRM"])]
+    for flags, needles in cases:
+        proc = run_cli(*flags, "--steps", "1")
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(err) == 1, (flags, proc.stderr[-1500:])
+        assert all(n in err[0] for n in needles) and "Traceback" not in proc.stderr, (flags, err)
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    record = json.dumps({"question": "What is 1 + 1?", "answer": "2"})
+    path.write_bytes(b"\xef\xbb\xbf" + record.encode() + b"\n")
+    assert load_problems(path) == [{"question": "What is 1 + 1?", "gold": "2"}]
+
+
+RESUME_RUN = ["--steps", "6", "--prompts-per-step", "2", "--group-size", "4", "--eval-size", "4",
+              "--eval-every", "2", "--save-every", "2", "--max-new-tokens", "16", "--eval-samples", "1"]
+
+
+def without_timings(path):
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]
+
+
+def test_a_run_killed_after_a_checkpoint_and_resumed_writes_the_same_metrics(tmp_path):
+    whole = run_cli(*RESUME_RUN, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    # the same run, SIGKILLed as soon as a checkpoint is whole (model/ appears only once it is)
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, str(HERE / "progrs.py"), *RESUME_RUN, "--out", str(out)],
+                             cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (out / "model" / "progrs_step.json").exists():
+            assert child.poll() is None, child.stderr.read()[-2000:]
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    killed_at = json.loads((out / "model" / "progrs_step.json").read_text())["step"]
+    assert killed_at in (2, 4)
+    # a rerun without --resume is refused, naming both ways out, and changes nothing
+    metrics = (out / "metrics.jsonl").read_text()
+    again = run_cli(*RESUME_RUN, "--out", str(out))
+    err = again.stderr.strip().splitlines()
+    assert again.returncode != 0 and len(err) == 1 and "--resume" in err[0] and "another --out" in err[0]
+    assert (out / "metrics.jsonl").read_text() == metrics
+    resumed = run_cli(*RESUME_RUN, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed {out} after step {killed_at} of 6" in resumed.stdout
+    assert without_timings(out / "metrics.jsonl") == without_timings(tmp_path / "whole" / "metrics.jsonl")
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(out / "model")                  # still a from_pretrained folder
+    # a finished run has nothing left to resume; another flag than the run's is refused
+    done = run_cli(*RESUME_RUN, "--out", str(out), "--resume").stderr.strip().splitlines()
+    assert len(done) == 1 and "has done 6 of its 6 steps" in done[0]
+    other = run_cli(*RESUME_RUN, "--lr", "0.5", "--out", str(out), "--resume").stderr.strip().splitlines()
+    assert len(other) == 1 and "--lr 0.5 differs" in other[0]
+
+
+def test_no_tracked_file_names_a_machine_path():
+    """Run folders are named relative to the repo (out/...) or as "the run folder"."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=HERE, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    paths = {str(HERE), str(HERE.parent) + os.sep, str(Path.home()) + os.sep}
+    for name in tracked:
+        try:
+            text = (HERE / name).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue
+        found = [p for p in paths if p in text]
+        assert not found, f"{name} names {found}"

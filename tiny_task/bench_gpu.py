@@ -1,6 +1,6 @@
 """Time progrs.py on a GPU with a Qwen2.5-0.5B-shaped model, offline (random weights, no hub).
 
-    python tiny_task/bench_gpu.py --out /tmp/bench
+    python tiny_task/bench_gpu.py --out out/bench
 
 The model has Qwen2.5-0.5B's exact shape (24 layers, hidden 896, 14 heads, 2 KV heads, vocabulary
 151,936, tied embeddings; 494M parameters) and random weights, and uses the tiny task's tokenizer, so
@@ -30,7 +30,7 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="/tmp/progrs-bench")
+    p.add_argument("--out", default="out/bench")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=256)
     a = p.parse_args()

@@ -65,8 +65,9 @@ class _Column:
 
 class ProgrsGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with PROGRS advantages. Extra arguments, as progrs.py's flags:
-    prm (progrs.ToyPRM() or progrs.ModelPRM), mode ("progrs" | "outcome" | "absolute" |
-    "progrs-strict"), lam, prm_quantile (default: the PRM's lowest tau), lam_var.
+    prm (progrs.ToyPRM() or learned_prm.ModelPRM), mode ("progrs" | "outcome" | "absolute" |
+    "progrs-strict"), lam, prm_quantile (default: the quantile the PRM's config names, else its
+    lowest, as progrs.py), lam_var.
     The train dataset needs "prompt", "question" and "gold" columns (progrs_dataset makes them)."""
 
     def __init__(self, *args, prm, mode: str = "progrs", lam: float = 1.0,
@@ -74,11 +75,11 @@ class ProgrsGRPOTrainer(GRPOTrainer):
         # TRL needs reward functions; ours only name the two columns _calculate_rewards returns
         super().__init__(*args, reward_funcs=[_Column("correct"), _Column("b")], **kwargs)
         self.prm, self.progrs_mode, self.lam, self.lam_var = prm, mode, lam, lam_var
-        self.q_index = prm.taus.index(prm.taus[0] if prm_quantile is None else prm_quantile)
-        bound = progrs.max_dominant_lam(self.num_generations)
-        if mode == "progrs" and lam >= bound:
-            warnings.warn(f"lam {lam} >= {bound:.2f}: with G={self.num_generations} a wrong completion "
-                          "with sound-looking steps can reach a right one's advantage")
+        self.q_index = progrs.quantile_index(prm, prm_quantile)   # progrs.py's rule, shared
+        bound = progrs.max_dominant_lam(self.num_generations, mode)
+        if lam >= bound:
+            warnings.warn(f"lam {lam} >= {bound:.2f}, the bound for mode {mode} with G={self.num_generations}:"
+                          " a wrong completion can reach a right one's advantage")
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """This process's completions -> (N, 2) [correct, b] of ALL processes' completions.

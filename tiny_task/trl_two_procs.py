@@ -87,4 +87,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # gloo's threads outliving the process group abort the interpreter at exit
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
