@@ -961,15 +961,22 @@ def scarce_main(a):
     import torch
 
     t0 = time.perf_counter()
-    problems = {"scarce": progrs.load_problems(HERE / "test_scarce.jsonl")[:200],
-                "sparse": progrs.load_problems(HERE / "test.jsonl")[:200],
-                "fluent": progrs.load_problems(HERE / "test.jsonl")[:200]}
+    jobs = scarce_runs(a)
+    n_problems = 200
+    if a.report_only:  # the seeds whose runs all finished; a small sample for the group examples
+        done = [s for s in range(a.seeds) if all((v[0] / "done.json").exists()
+                                                  for k, v in jobs.items() if k[2] == s)]
+        a.seeds = next((i for i in range(a.seeds) if i not in done), a.seeds)
+        jobs = {k: v for k, v in jobs.items() if k[2] < a.seeds}
+        n_problems = 24
+    problems = {"scarce": progrs.load_problems(HERE / "test_scarce.jsonl")[:n_problems],
+                "sparse": progrs.load_problems(HERE / "test.jsonl")[:n_problems],
+                "fluent": progrs.load_problems(HERE / "test.jsonl")[:n_problems]}
     models = {"scarce": SCARCE, "sparse": REGIMES["sparse"], "fluent": FLUENT}
     torch.set_num_threads(a.jobs)
     stats = {r: regime_stats(models[r], problems[r]) for r in problems}
     t_stats = time.perf_counter() - t0
     torch.set_num_threads(1)
-    jobs = scarce_runs(a)
     order = sorted(jobs, key=lambda k: (k[2], list(SCARCE_SET["arms"]).index(k[0]),
                                         SCARCE_SET["arms"][k[0]].index(k[1])))
     with ThreadPoolExecutor(a.jobs) as pool:
@@ -985,9 +992,13 @@ def scarce_main(a):
             f"the runs), {a.jobs} at a time; this invocation took {wall / 60:.1f} minutes ({t_stats:.0f} s of "
             f"it measuring the starting points). Per-run metrics and logs: the run folder "
             f"(`--out`)/scarce_comparison/.", "",
+            *([f"Report only (`--report-only`): the invocation that made the runs was stopped before "
+               f"it finished; these tables use the {a.seeds} seeds whose runs had all finished, and the "
+               f"starting points below are a small sample ({n_problems} problems) for the group examples; "
+               f"the head gives the full measure.", ""] if a.report_only else []),
             "## Starting points", "",
-            f"The first 200 test problems of each regime's test file x {G} samples at T = 1, before any "
-            "training; the rule PRM at tau 0.1, the learned one at tau 0.5.", "",
+            f"The first {n_problems} test problems of each regime's test file x {G} samples at T = 1, before "
+            "any training; the rule PRM at tau 0.1, the learned one at tau 0.5.", "",
             *regime_table(stats), "",
             "Scarce regime: mean b (rule PRM) against the judged true steps written before the first false "
             "one:", "", *sound_steps_table(stats["scarce"]), "",
@@ -1075,6 +1086,8 @@ def main():
     p.add_argument("--arms", help=f"comma-separated, some of {', '.join(ARMS)} (outcome always runs; "
                    f"default all; fluent: {','.join(FLUENT_SET['arms'])})")
     p.add_argument("--prms", default=",".join(PRMS), help="rule, learned or both")
+    p.add_argument("--report-only", action="store_true", help="--regime scarce: no new runs; report the "
+                   "seeds whose runs all finished (for an invocation stopped before its end)")
     p.add_argument("--tag", default="", help="an exploratory follow-up: write results_TAG.md, marked "
                    "as added after the pre-registered results, instead of results.md")
     a = p.parse_args()
