@@ -14,18 +14,18 @@ rank wrong answers against each other but can never lift wrong answers as a clas
     pytest test_progrs.py
 
 Read top to bottom: the PROGRS idea as pure functions, then the pipeline in the order a step runs.
-From the paper (arXiv 2604.02341; we read its abstract): GRPO with verifiable outcome rewards and a
-step-level PRM, the outcome in charge; centering among the incorrect rollouts of each group; a frozen
-quantile-regression PRM; multi-scale coherence, mu * exp(-lam_var * sigma / mu).
-Our reading, where the abstract is silent (marked "our reading" in the code): A = A_out + lam * c and
-right rollouts keep b; the verified answer is the first committed answer line, and decoding stops
-there; steps are the lines before it; windows of 2 and 4 judged steps; no judged step gives b = 0; the
-default PRM is a toy that checks each step's arithmetic, read at its lowest quantile; --mode
-progrs-strict centres right rollouts too. Left out: a value network; a KL to a reference model by
-default (--kl-coef); more than one update per batch by default (--ppo-epochs > 1 clips the ratio).
+From the paper (arXiv 2604.02341; we read its abstract): GRPO with verifiable outcome rewards and a step-
+level PRM, the outcome in charge; centering among each group's incorrect rollouts; a frozen quantile-
+regression PRM; multi-scale coherence, mu * exp(-lam_var * sigma / mu). Our reading, where the abstract is
+silent (marked "our reading" in the code): A = A_out + lam * c, right rollouts keeping b; the verified
+answer is the first committed answer line, and decoding stops there; steps are the lines before it;
+windows of 2 and 4 judged steps; the default PRM is a toy that checks each step's arithmetic, read at its
+lowest quantile. Left out: a value network; by default, a KL to a reference model (--kl-coef) and more
+than one update per batch (--ppo-epochs > 1 clips the ratio). Plumbing that a reader can skip lives
+beside the tiny task: GSM8K's download, learned PRMs, the run folder (tiny_task/*.py).
 """
-import argparse, ast, collections, contextlib, copy, functools, hashlib, json, math, operator
-import os, random, re, shutil, sys, tempfile, time
+import argparse, ast, collections, contextlib, copy, functools, json, math, operator
+import os, random, re, sys, time
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -109,9 +109,8 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
     if mode == "absolute": return group_normalize(r + lam * b), a_out, c
     return a_out + lam * c, a_out, c
 
-# Dominance: with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1 / (sqrt(p(1-p)) + eps), and
-# lam times the widest c gap between a right and a wrong rollout can close it. Below max_dominant_lam
-# every right rollout stays above every wrong one; at it, b in {0, 1} can tie (a violation):
+# Dominance: with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1 / (sqrt(p(1-p)) + eps), which lam
+# times the widest right-wrong c gap can close; below max_dominant_lam right stays above wrong (at it, a tie):
 #   progrs:        right c = b >= 0, wrong c <= (n-1)/n (n = G - k wrong)  -> 2.58 at G = 8
 #   progrs-strict: right c >= -(k-1)/k as well                              -> 1.33 at G = 8, 1.03 at 64
 #   absolute:      right r + lam*b >= 1, wrong <= lam                       -> 1 at any G
@@ -121,12 +120,11 @@ def max_dominant_lam(group_size: int, mode: str = "progrs", eps: float = ADV_EPS
     if mode == "outcome": return math.inf
     if mode == "absolute": return 1.0
     bounds = []
-    for k in range(1, group_size):
+    for k in range(1, group_size):  # k right, n = G - k wrong
         n = group_size - k
-        p = k / group_size
         widest = (n - 1) / n + ((k - 1) / k if mode == "progrs-strict" else 0.0)
         if widest > 0:
-            bounds.append(1 / (math.sqrt(p * (1 - p)) + eps) / widest)
+            bounds.append(1 / (math.sqrt(k / group_size * n / group_size) + eps) / widest)
     return min(bounds, default=math.inf)
 
 def dominance_violations(adv: torch.Tensor, correct: torch.Tensor) -> int:
@@ -134,27 +132,24 @@ def dominance_violations(adv: torch.Tensor, correct: torch.Tensor) -> int:
     pair = correct.bool().unsqueeze(-1) & ~correct.bool().unsqueeze(-2)      # (P, G_i, G_j)
     return int((pair & (adv.unsqueeze(-2) >= adv.unsqueeze(-1))).sum())
 
-# Coherence: b = the mean over window sizes W of the mean over sliding windows (our reading) of W
-# consecutive step scores of r_coh = mu * exp(-lam_var * sigma / mu). Steady good steps keep b near mu;
-# swings are discounted. Unjudged steps (NaN) are dropped; none left gives b = 0 (our reading).
+# Coherence: b = the mean over window sizes W of the mean over sliding windows (our reading) of W step
+# scores of r_coh = mu * exp(-lam_var * sigma / mu): swings are discounted; unjudged (NaN) steps dropped.
 
 def coherence_score(step_scores, windows=(2, 4), lam_var: float = 1.0) -> float:
     s = torch.as_tensor(step_scores, dtype=torch.float64).reshape(-1)                  # (S,)
     s = s[~torch.isnan(s)].clamp(0.0, 1.0)                                            # judged steps
-    if s.numel() == 0: return 0.0
+    if s.numel() == 0: return 0.0                                                     # our reading
     per_scale = []
     for w in windows:
         win = s.unfold(0, min(w, s.numel()), 1)                                       # (S - W + 1, W)
-        mu = win.mean(-1)
-        sigma = win.std(-1, correction=0)
+        mu, sigma = win.mean(-1), win.std(-1, correction=0)                           # (S - W + 1,) each
         r_coh = torch.where(mu > 0, mu * torch.exp(-lam_var * sigma / mu.clamp(min=1e-12)), 0.0)
         per_scale.append(r_coh.mean())
     return float(torch.stack(per_scale).mean())
 
-# Fluent failures, the gauge to watch for PRM hacking: wrong rollouts the PRM rates like right ones, with
-# a judged step and a b that reaches the median b of right rollouts (this batch's and the run's last
-# FLUENT_POOL right training rollouts). A rank, so independent of the PRM's scale, and defined in a step
-# with no right rollout; None until a right rollout has been seen.
+# Fluent failures, the gauge to watch for PRM hacking: wrong rollouts with a judged step whose b reaches the
+# median b of right rollouts (this batch's and the run's last FLUENT_POOL right training rollouts). A rank,
+# free of the PRM's scale, defined in a step with no right rollout; None until a right rollout is seen.
 
 FLUENT_POOL = 256
 
@@ -170,9 +165,8 @@ def fluent_failures(b, correct, judged, right_b) -> torch.Tensor | None:
     return ~correct.bool() & judged.bool() & (b.float() >= pool.quantile(0.5))
 
 # ----------------------------------------------------------------------------------------------------
-# Flags: every knob in one place. Pairs of defaults are (tiny, LLM): the tiny column for the models
-# bundled in tiny_task/ (their own task, CPU-sized), the LLM column for any other model (GSM8K); the
-# model you name decides, --defaults overrides, and the startup line says which applied.
+# Flags: every knob in one place. Pairs of defaults are (tiny, LLM): tiny for the models bundled in tiny_task/
+# (their task, CPU-sized), LLM for any other (GSM8K); --defaults overrides; the startup line says which.
 
 HERE = Path(__file__).resolve().parent
 TINY_TASK = HERE / "tiny_task"
@@ -218,6 +212,11 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
 class ProgrsError(Exception):
     """Bad input: main() prints the message as one line and exits non-zero."""
 
+def tiny_task_module(name: str):
+    """One of the plumbing modules beside the tiny task: gsm8k, learned_prm, run_folder."""
+    sys.path.insert(0, str(TINY_TASK))
+    return __import__(name)
+
 def first_line(e) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -235,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         shown = f"{default[0]} tiny / {default[1]} LLM" if pair else str(default)
         shown = shown.replace(str(HERE) + os.sep, "")
         groups[group] = groups.get(group) or p.add_argument_group(group)
-        groups[group].add_argument(flag, default=None if pair else default, help=f"{help} (default: {shown})", **kw)
+        groups[group].add_argument(flag, default=None if pair else default,
+                                   help=f"{help} (default: {shown})", **kw)
     return p
 
 def check_args(args) -> None:  # one line naming the flag, before anything trains silently wrong
@@ -292,8 +292,7 @@ def load_problems(path) -> list[dict]:  # [{"question", "gold"}]
 
 def record_problem(rec) -> str | None:
     """What is wrong with one JSONL record, or None."""
-    q = rec.get("question") if isinstance(rec, dict) else None
-    a = rec.get("answer") if isinstance(rec, dict) else None
+    q, a = (rec.get("question"), rec.get("answer")) if isinstance(rec, dict) else (None, None)
     if not isinstance(q, str) or isinstance(a, bool) or not isinstance(a, (str, int, float)):
         return "expected an object with a string 'question' and a string or number 'answer'"
     if isinstance(a, float) and not math.isfinite(a): return f"expected a finite number 'answer', got {a}"
@@ -302,34 +301,14 @@ def record_problem(rec) -> str | None:
     if not q.strip() or not parse_gold(str(a)): return "empty 'question' or empty final answer"
     return None
 
-# GSM8K by name: the original release's splits (MIT licence), downloaded once into PROGRS_CACHE (default
-# ~/.cache/progrs) and pinned by line count and sha256; PROGRS_GSM8K_URL names a mirror.
-GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
-GSM8K_SPLITS = {"train": (7473, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
-                "test": (1319, "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14")}
+# GSM8K by name: tiny_task/gsm8k.py downloads the original release's split once into PROGRS_CACHE
+# (default ~/.cache/progrs), pinned by line count and sha256; PROGRS_GSM8K_URL names a mirror.
 
-def load_data(value: str, split: str, flag: str) -> list[dict]:
-    import urllib.request
+def load_data(value: str, split: str, flag: str) -> list[dict]:  # a JSONL file, or `gsm8k`
     path = Path(os.environ.get("PROGRS_CACHE") or Path.home() / ".cache" / "progrs") / f"gsm8k_{split}.jsonl"
-    if value != "gsm8k" or path.is_file():  # a cached split was checked before it was written
-        return load_problems(path if value == "gsm8k" else value)
-    url = f"{os.environ.get('PROGRS_GSM8K_URL', GSM8K_URL).rstrip('/')}/{split}.jsonl"
-    hint = f"pass a local copy instead: {flag} path/to/gsm8k_{split}.jsonl"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            data = response.read()
-    except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
-        raise ProgrsError(f"{flag} gsm8k: could not download {url} ({first_line(getattr(e, 'reason', e))}); "
-                          f"{hint}") from None
-    lines, sha = GSM8K_SPLITS[split]
-    got_lines = data.count(b"\n")
-    got_sha = hashlib.sha256(data).hexdigest()
-    if (got_lines, got_sha) != (lines, sha):
-        raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split ({got_lines} lines, "
-                          f"sha256 {got_sha[:12]}...; expected {lines}, {sha[:12]}...); {hint}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".part").write_bytes(data)
-    path.with_suffix(".part").replace(path)  # atomic: never half a file in the cache
+    if value != "gsm8k": return load_problems(value)
+    if not path.is_file():  # a cached split was checked before it was written
+        tiny_task_module("gsm8k").download(split, path, flag)
     return load_problems(path)
 
 # One prompt for rollouts, evaluation and the tiny model's warm start (build_model.py imports it).
@@ -344,10 +323,10 @@ def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 # ----------------------------------------------------------------------------------------------------
-# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded.
-# On-policy: generate() gets a config holding only our settings, swapped in for the model's own, which
-# would fill the rest (a hub model's top_k, repetition_penalty). Rows stop after the answer line (the
-# verifier's rule, next) or at EOS; the mask keeps EOS and is built from positions, not `token == pad`.
+# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded. On-policy:
+# generate() gets a config of only our settings, swapped in for the model's own, which would fill the rest
+# (a hub model's top_k, repetition_penalty). Rows stop after the answer line (the verifier's rule, next) or
+# at EOS; the mask keeps EOS and is built from positions, not `token == pad`.
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
     """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or stopped_at[row] (0: none)."""
@@ -355,8 +334,7 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=No
     is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))   # (B, T)
     has_eos = is_eos.any(1)                                                              # (B,)
     length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                         # (B,)
-    stopped = torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at
-    stopped = stopped.to(completions.device)                                            # (B,)
+    stopped = (torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at).to(completions.device)
     length = torch.where(stopped > 0, torch.minimum(length, stopped), length)           # (B,)
     mask = torch.arange(T, device=completions.device)[None, :] < length[:, None]        # (B, T)
     return mask, ~has_eos & (stopped == 0)
@@ -369,8 +347,7 @@ def newline_tokens(tokenizer) -> torch.Tensor:
 class StopAtAnswer:
     """A row is done once its answer line ends (only rows ending in a newline are decoded and checked)."""
     def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
         self.stopped = {}  # row -> completion length at its answer line's end
         self.newline = newline_tokens(tokenizer)
 
@@ -380,8 +357,7 @@ class StopAtAnswer:
         for row in ends_line.nonzero().flatten().tolist():
             if row in self.stopped: continue
             text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
-            found = find_answer(text)
-            if found is not None and found.ended:
+            if (found := find_answer(text)) is not None and found.ended:
                 self.stopped[row] = input_ids.shape[1] - self.prompt_len
         return torch.tensor([row in self.stopped for row in range(len(last))], device=input_ids.device)
 
@@ -396,15 +372,12 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     Tp = enc["input_ids"].shape[1]
     eos_ids = model.generation_config.eos_token_id
     eos_ids = sorted({tokenizer.eos_token_id, *([eos_ids] if isinstance(eos_ids, int) else eos_ids or [])})
-    if temperature > 0:
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    else:
-        sampling = dict(do_sample=False)
+    sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0
+                else dict(do_sample=False))
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
     stop = StopAtAnswer(tokenizer, Tp)
-    shipped = model.generation_config
-    model.generation_config = config
+    shipped, model.generation_config = model.generation_config, config               # swapped back below
     try:
         with amp():
             seqs = model.generate(**enc, generation_config=config, stopping_criteria=[stop])
@@ -453,8 +426,7 @@ def _closed_boxes(text: str) -> list[tuple[int, int]]:
 def find_answer(text: str) -> AnswerLine | None:
     """The completion's answer line (see the rule above), or None if it commits to nothing."""
     boxes = _closed_boxes(text)
-    k = 0       # the first box not yet read
-    start = 0   # the current line's start
+    k = start = 0   # the first box not yet read, the current line's start
     while start <= len(text):
         nl = text.find("\n", start)
         end = len(text) if nl == -1 else nl
@@ -538,8 +510,7 @@ def safe_eval(expr: str, need_op: bool = False) -> float | None:
             v = walk(node.operand)
             return None if v is None else _UN_OPS[type(node.op)](v)
         if not (isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS): return None
-        left = walk(node.left)
-        right = walk(node.right)
+        left, right = walk(node.left), walk(node.right)
         return None if left is None or right is None else _BIN_OPS[type(node.op)](left, right)
     try:
         value = walk(tree)
@@ -592,17 +563,15 @@ class ToyPRM:
         true_step = [t ** (1 / a) for t in self.taus]           # Beta(a, 1): cdf x^a
         false_step = [1 - (1 - t) ** (1 / a) for t in self.taus]  # Beta(1, a): cdf 1 - (1 - x)^a
         unjudged = [math.nan] * len(self.taus)
-        rows = []
-        for n_true, n_false in map(check_equations, steps):
-            rows.append(false_step if n_false else true_step if n_true else unjudged)
+        rows = [false_step if n_false else true_step if n_true else unjudged
+                for n_true, n_false in map(check_equations, steps)]
         return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.taus))  # (S, Q)
 
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
         return [self.score(q, s) for q, s in zip(questions, steps)]
 
 # ----------------------------------------------------------------------------------------------------
-# Models from a folder or the hub: the policy here, learned PRMs in tiny_task/learned_prm.py (--prm
-# FOLDER), through the same loader.
+# Models from a folder or the hub: the policy, and learned PRMs (tiny_task/learned_prm.py) by the same loader.
 
 def check_source(flag: str, name: str) -> None:
     """A hub id, or a folder with config.json and tokenizer files: else one line, before any loading."""
@@ -617,16 +586,14 @@ def check_source(flag: str, name: str) -> None:
                       "config.json, weights and tokenizer files)")
 
 def from_pretrained(flag: str, name: str, auto_class):
-    """(config, tokenizer, model, loading info) from a local folder or the hub, the same path for both;
-    auto_class(config) picks the Auto class. Any failure is one line naming the flag and the folder."""
+    """(config, tokenizer, model, loading info) from a folder or the hub, auto_class(config) picking the
+    class; any failure is one line naming the flag and the folder."""
     import transformers as tf
     check_source(flag, name)
     try:  # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates
         config = tf.AutoConfig.from_pretrained(name)
         tokenizer = tf.AutoTokenizer.from_pretrained(name)
         model, info = auto_class(config).from_pretrained(name, dtype=torch.float32, output_loading_info=True)
-    except ProgrsError:
-        raise
     except Exception as e:  # whatever the library raises: no network, truncated weights, a head mismatch
         raise ProgrsError(f"{flag} {name}: could not load it ({first_line(e)})") from None
     if tokenizer.pad_token is None:
@@ -637,23 +604,20 @@ def is_causal_lm(config) -> bool:
     return any(a.endswith("ForCausalLM") for a in config.architectures or [])
 
 # ----------------------------------------------------------------------------------------------------
-# Loss and update
-# Log-probs: fp32 logits / temperature (we sampled from softmax(logits / T)), position ids rebuilt from
-# the mask as generate() builds them for left-padded rows. The loss is divided by N, the completion
-# tokens of the *whole batch*, so micro-batching changes memory, never the gradient:
+# Loss and update. Log-probs: fp32 logits / temperature (we sampled from softmax(logits / T)), position ids
+# rebuilt from the mask as generate() builds them for left-padded rows. The loss is divided by N, the
+# completion tokens of the *whole batch*, so micro-batching changes memory, never the gradient:
 #     L = -(1/N) sum_i sum_t min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) [+ kl_coef * k3_it]
-# With --ppo-epochs 1 the old log-probs are this pass's, detached: rho = 1, the clip never acts, and
-# this is REINFORCE with group baselines. The logged loss is -(1/N) sum_i A_i len_i, a length-weighted
-# sum of advantages (negative in --mode progrs, where right rollouts keep an uncentered bonus), not the
-# gradient: watch accuracy. KL to the initial model (k3) is off by default: with verifiable rewards and
-# few steps the policy drifts little, and a reference costs a second model.
+# With --ppo-epochs 1 the old log-probs are this pass's, detached: rho = 1, the clip never acts: this is
+# REINFORCE with group baselines. The logged loss is -(1/N) sum_i A_i len_i, a length-weighted sum of
+# advantages (negative in --mode progrs: right rollouts keep b), not the gradient: watch accuracy. The k3
+# KL to the initial model is off by default: with verifiable rewards the policy drifts little.
 
 PPO_CLIP = 0.2
 LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 positions at 151,936
 
 def _head_logprobs(hidden, targets, weight, bias, temperature: float):
-    """(N, H) final hidden states, (N,) targets -> (N,) log-probs and (N,) entropies (no gradient),
-    with fp32 logits (N, V)."""
+    """(N, H) final hidden states, (N,) targets -> (N,) log-probs, (N,) entropies; fp32 logits (N, V)."""
     logits = hidden.float() @ weight.float().T                                    # (N, V) fp32
     logits = (logits if bias is None else logits + bias.float()) / temperature
     log_z = logits.logsumexp(-1)                                                  # (N,)
@@ -694,8 +658,7 @@ def policy_loss(logp, old_logp, adv, mask, n_tokens, ref_logp=None, kl_coef=0.0)
     return (per_token * mask).sum() / n_tokens, (kl * mask).sum() / n_tokens
 
 def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> dict:
-    """--ppo-epochs optimizer steps on one batch, each accumulating all micro-batches. Returns the
-    first epoch's loss, kl, grad_norm and the completions' mean token entropy."""
+    """--ppo-epochs optimizer steps on one batch; the first epoch's loss, kl, grad_norm and entropy."""
     mask = batch["completion_mask"].float()                                       # (B, T)
     adv = adv.to(mask.device)                                                     # (B,)
     n_tokens = mask.sum().clamp(min=1)
@@ -709,8 +672,7 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
         optimizer.zero_grad(set_to_none=True)
         loss_sum = kl_sum = entropy_sum = 0.0
         for i, s in enumerate(slices):
-            ids = batch["input_ids"][s]
-            att = batch["attention_mask"][s]
+            ids, att = batch["input_ids"][s], batch["attention_mask"][s]              # (b, Tp + T) each
             logp, entropy = token_logprobs(model, ids, att, Tp, args.temperature, amp, entropy=True)
             if epoch == 0:
                 old[i] = logp.detach()  # the same forward path as the update: rho starts at 1
@@ -763,8 +725,7 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
 
 def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict:
     """Sample G completions per problem, verify, score, and compute A: the batch of one update."""
-    P = len(problems)
-    G = args.group_size
+    P, G = len(problems), args.group_size
     t0 = time.perf_counter()
     prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems]
     batch = generate(model, tokenizer, prompts, G, args.max_new_tokens, args.temperature, amp, args.chat)
@@ -799,8 +760,7 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=
             prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems[i:i + chunk]]
             out = generate(model, tokenizer, prompts, n, args.max_new_tokens, temperature, amp, args.chat)
             texts += out["texts"]
-        per_text = [p for p in problems for _ in range(n)]
-        s = score_completions(per_text, texts, prm, prm.q_index, args.lam_var)
+        s = score_completions([p for p in problems for _ in range(n)], texts, prm, prm.q_index, args.lam_var)
         ff = fluent_failures(torch.tensor(s["b"]), torch.tensor(s["correct"]), torch.tensor(s["judged"]),
                              right_pool)
         return {prefix + k: v for k, v in rollout_metrics(s, ff).items()}
@@ -818,10 +778,7 @@ def _mean(x: torch.Tensor) -> float | None:
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
     """One metrics line; marks batch["fluent"] (P, G) and adds the step's right b's to right_pool."""
-    correct = batch["correct"]                                                    # (P, G)
-    b = batch["b_grid"]                                                           # (P, G)
-    c = batch["c"]                                                                # (P, G)
-    adv = batch["adv"]                                                            # (P, G)
+    correct, b, c, adv = (batch[k] for k in ("correct", "b_grid", "c", "adv"))    # (P, G) each
     ff = fluent_failures(b.flatten(), correct.flatten(), torch.tensor(batch["judged"]), right_pool or ())
     fluent = torch.zeros_like(correct) if ff is None else ff.view_as(correct)     # (P, G)
     batch["fluent"] = fluent
@@ -835,7 +792,8 @@ def step_metrics(batch: dict, args, right_pool=None) -> dict:
         train_accuracy=rates.pop("accuracy"), **rates,
         process_score_correct=_mean(b[correct]), process_score_incorrect=_mean(b[~correct]),
         bonus_correct=_mean(c[correct]), bonus_incorrect_abs=_mean(c[~correct].abs()),
-        groups_all_correct=int((n_right == args.group_size).sum()), groups_all_wrong=int((n_right == 0).sum()),
+        groups_all_correct=int((n_right == args.group_size).sum()),
+        groups_all_wrong=int((n_right == 0).sum()),
         dominance_violations=dominance_violations(adv, correct),
         completion_tokens=float(batch["completion_mask"].sum(-1).float().mean()),
         truncated=int(batch["truncated"].sum()), unscorable=int(sum(batch["unscorable"])),
@@ -845,9 +803,8 @@ def step_metrics(batch: dict, args, right_pool=None) -> dict:
 def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     """One rollout group as a table: the most mixed group of the batch (most right-wrong pairs)."""
     correct = batch["correct"]                                                    # (P, G)
-    G = correct.shape[1]
     fluent = batch.get("fluent", torch.zeros_like(correct))                       # (P, G)
-    n_right = correct.sum(-1)                                                     # (P,)
+    n_right, G = correct.sum(-1), correct.shape[1]                                # (P,), group size
     i = int((n_right * (G - n_right)).argmax())
     lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
              f"{'ok':>3} {'step scores':<24} {'b':>5} {'c':>6} {'A_out':>6} {'A':>6}  completion"]
@@ -855,8 +812,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         row = i * G + j
         steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in batch["step_scores"][row][:6])
         text = batch["texts"][row].strip().replace("\n", " | ")
-        if len(text) > width:
-            text = text[:width - 3] + "..."
+        text = text if len(text) <= width else text[:width - 3] + "..."
         ok = "yes" if correct[i, j] else ("no*" if fluent[i, j] else "no")
         lines.append(f"{ok:>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} {batch['c'][i, j]:+6.2f} "
                      f"{batch['a_out'][i, j]:+6.2f} {batch['adv'][i, j]:+6.2f}  {text}")
@@ -864,63 +820,14 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts")
     return "\n".join(lines)
 
-# Checkpoints: OUT/model holds the weights and tokenizer (from_pretrained loads it as it is), the step
-# (progrs_step.json), and what --resume needs beyond the weights (progrs_state.pt: optimizer, schedule,
-# random streams, the gauge's pool, the problem order, the metrics written so far). It is written whole
-# in OUT/model.tmp, then swapped in by two renames; a save killed midway can leave model.tmp or
-# model.old behind, which prepare_out cleans up before any work.
-
-def checkpoint_dirs(out_dir: Path) -> tuple[Path, Path, Path]:
-    """(being written, the checkpoint, the one being replaced)."""
-    return out_dir / "model.tmp", out_dir / "model", out_dir / "model.old"
-
-def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict | None = None) -> None:
-    tmp, final, old = checkpoint_dirs(out_dir)
-    for d in (tmp, old):
-        shutil.rmtree(d, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if state is not None:
-            torch.save(state, tmp / "progrs_state.pt")
-        (tmp / "progrs_step.json").write_text(json.dumps({"step": step}))
-    except OSError as e:  # a full disk: the last whole checkpoint stays where it is
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ProgrsError(f"--out {out_dir}: could not write the step {step} checkpoint "
-                          f"({e.strerror or first_line(e)}); model/ still holds the last whole one") from None
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-def prepare_out(out: str, resume: bool = False, log=print) -> None:
-    """--out is writable and fresh (or, with --resume, holds a checkpoint); what an interrupted save
-    left there is cleaned up."""
-    if not out.strip(): raise ProgrsError("--out: expected a folder, got an empty name")
-    out_dir = Path(out)
-    tmp, final, old = checkpoint_dirs(out_dir)
-    used = [p.name for p in (out_dir / "metrics.jsonl", final, tmp, old) if p.exists()]
-    if used and not resume:
-        raise ProgrsError(f"--out {out}: holds a run ({', '.join(used)}); pass --resume to continue it, "
-                          "or another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out_dir).close()  # a run never starts work it cannot save
-    except OSError as e:
-        raise ProgrsError(f"--out {out}: cannot write there ({e.strerror or first_line(e)})") from None
-    if old.is_dir() and not final.exists():  # killed between the two renames: old is the last whole model
-        old.rename(final)
-        log(f"{out}: restored model/ from model.old/, left by an interrupted checkpoint save")
-    for d in (tmp, old):
-        if d.exists():
-            shutil.rmtree(d)
-            log(f"{out}: removed {d.name}/, left by an interrupted checkpoint save")
-    if resume and not (final / "progrs_state.pt").is_file():
-        raise ProgrsError(f"--resume: {out} holds no checkpoint to continue (model/progrs_state.pt)")
+# Checkpoints: OUT/model holds the weights and tokenizer (from_pretrained loads it as it is), the step and
+# what --resume needs beyond the weights (the `state` train saves). tiny_task/run_folder.py writes it whole
+# (two renames), cleans up after a killed save, and refuses an --out that holds a run unless --resume.
 
 def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref_model=None, log=print):
     """The whole run, or its rest from a checkpoint's `state`: returns {"before": eval, "after": eval},
-    writes OUT/metrics.jsonl and OUT/model. --out must be prepared (prepare_out)."""
+    writes OUT/metrics.jsonl and OUT/model. --out must be prepared (run_folder.prepare_out)."""
+    run_folder = tiny_task_module("run_folder")
     out_dir = Path(args.out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
@@ -930,18 +837,13 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
     if args.kl_coef > 0 and ref_model is None:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     order_rng = random.Random(args.seed)   # the training problems: epochs of shuffles
-    queue = []                             # problem indices still to come in this epoch
-    right_pool = collections.deque(maxlen=FLUENT_POOL)
-    metrics = ""                           # the lines of metrics.jsonl written so far
-    first_step = 1
-    if state is not None:
+    state = state or dict(step=0, queue=[], right_pool=[], metrics="")
+    queue = list(state["queue"])           # problem indices still to come in this epoch
+    right_pool = collections.deque(state["right_pool"], maxlen=FLUENT_POOL)
+    if state["step"] > 0:                  # resumed: the optimizer and every random stream as saved
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         order_rng.setstate(state["order_rng"])
-        queue = list(state["queue"])
-        right_pool.extend(state["right_pool"])
-        metrics = state["metrics"]
-        first_step = state["step"] + 1
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -965,22 +867,22 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
 
     def save(step):
         metrics_file.flush()
-        save_checkpoint(model, tokenizer, out_dir, step, dict(
+        run_folder.save_checkpoint(model, tokenizer, out_dir, step, dict(
             step=step, optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
             order_rng=order_rng.getstate(), queue=queue, right_pool=list(right_pool),
             metrics=(out_dir / "metrics.jsonl").read_text(), torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []))
 
     with open(out_dir / "metrics.jsonl", "w") as metrics_file:
-        metrics_file.write(metrics)
-        evals = [json.loads(line) for line in metrics.splitlines() if "eval_accuracy" in line]
-        if state is None:
+        metrics_file.write(state["metrics"])    # what a resumed run had written by its checkpoint
+        evals = [json.loads(line) for line in state["metrics"].splitlines() if "eval_accuracy" in line]
+        if state["step"] == 0:
             evals.append(run_eval(0, metrics_file))
             view = [train_set[0]]  # before any update there is no batch yet: sample one group to show
             log(teaching_view(rollout_step(model, tokenizer, view, args, prm, amp), view))
         else:
-            log(f"resumed {args.out} after step {first_step - 1} of {args.steps}")
-        for step in range(first_step, args.steps + 1):
+            log(f"resumed {args.out} after step {state['step']} of {args.steps}")
+        for step in range(state["step"] + 1, args.steps + 1):
             problems = next_problems()
             batch = rollout_step(model, tokenizer, problems, args, prm, amp)
             t0 = time.perf_counter()
@@ -999,8 +901,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
                 log(teaching_view(batch, problems))
             if step % args.save_every == 0 or step == args.steps:
                 save(step)
-    before = evals[0]
-    last = evals[-1]
+    before, last = evals[0], evals[-1]
     for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):  # greedy last
         if key in last:
             log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} ({100 * (last[key] - before[key]):+.1f}"
@@ -1021,13 +922,10 @@ def pick_device(args) -> tuple[torch.device, bool]:
 
 def load_model(name: str, device: torch.device, flag: str = "--model"):
     from transformers import AutoModelForCausalLM
-
-    def causal_lm(config):
-        if config.architectures and not is_causal_lm(config):
-            raise ProgrsError(f"{flag} {name}: a {config.architectures[0]}, expected a causal LM "
-                              "(an architecture ending in ForCausalLM)")
-        return AutoModelForCausalLM
-    _, tokenizer, model, _ = from_pretrained(flag, name, causal_lm)
+    config, tokenizer, model, _ = from_pretrained(flag, name, lambda config: AutoModelForCausalLM)
+    if config.architectures and not is_causal_lm(config):  # it loaded with a made-up LM head
+        raise ProgrsError(f"{flag} {name}: a {config.architectures[0]}, expected a causal LM "
+                          "(an architecture ending in ForCausalLM)")
     tokenizer.padding_side = "left"  # generation appends on the right
     model.to(device).eval()
     with torch.no_grad():  # token_logprobs reads the head as a linear map of the last hidden state
@@ -1041,8 +939,7 @@ def load_model(name: str, device: torch.device, flag: str = "--model"):
 def quantile_index(prm, tau: float | None = None) -> int:
     """The column of the PRM's quantiles a run reads: tau (--prm-quantile), else the quantile the PRM's
     config names (progrs_quantile), else its lowest. progrs.py and the TRL trainer both use this rule."""
-    if tau is None:
-        tau = prm.default_tau if prm.default_tau is not None else prm.taus[0]
+    tau = tau if tau is not None else prm.default_tau if prm.default_tau is not None else prm.taus[0]
     if tau not in prm.taus:
         raise ProgrsError(f"--prm-quantile: expected one of this PRM's taus {prm.taus}, got {tau}")
     return prm.taus.index(tau)
@@ -1054,25 +951,9 @@ def build_prm(args, device, amp):
         if given: raise ProgrsError(f"{given[0]}: only a causal-LM PRM reads step tags; the toy PRM has none")
         prm = ToyPRM()
     else:  # a learned PRM: tiny_task/learned_prm.py reads it behind the same interface
-        sys.path.insert(0, str(TINY_TASK))
-        from learned_prm import ModelPRM
-        prm = ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
+        prm = tiny_task_module("learned_prm").ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
     prm.q_index = quantile_index(prm, args.prm_quantile)
     return prm
-
-def resume_state(args) -> dict:
-    """--resume: the run's own command (OUT/config.json; only --steps and --device may change) and its
-    checkpoint's state."""
-    saved = json.loads((Path(args.out) / "config.json").read_text())
-    for name, value in vars(args).items():
-        if name not in ("resume", "steps", "device", "out") and value != saved.get(name):
-            raise ProgrsError(f"--resume: --{name.replace('_', '-')} {value} differs from the run's "
-                              f"{saved.get(name)} ({args.out}/config.json); rerun its command, or another --out")
-    state = torch.load(Path(args.out) / "model" / "progrs_state.pt", weights_only=True)
-    if state["step"] >= args.steps:
-        raise ProgrsError(f"--resume: the run in {args.out} has done {state['step']} of its {args.steps} "
-                          "steps; pass a larger --steps to go on")
-    return state
 
 def main(argv=None) -> dict:
     from transformers.utils import logging as hf_logging
@@ -1081,26 +962,25 @@ def main(argv=None) -> dict:
     hf_logging.set_verbosity_error()     # errors here are ours, one line each; no loading reports
     hf_logging.disable_progress_bar()
     device, bf16 = pick_device(args)
-    prepare_out(args.out, args.resume)   # a run never starts work it cannot save
+    run_folder = tiny_task_module("run_folder")
+    run_folder.prepare_out(args.out, args.resume)   # a run never starts work it cannot save
     size = apply_defaults(args)
-    state = resume_state(args) if args.resume else None
+    state = run_folder.resume_state(args) if args.resume else None
     check_source("--model", args.model)  # a typo fails here, not after a download
     train_set = load_data(args.data, "train", "--data")
     eval_set = load_data(args.eval_data, "test", "--eval-data")[:args.eval_size or None]
     model, tokenizer = load_model(str(Path(args.out) / "model") if state else args.model, device)
-    ref_model = None
-    if state and args.kl_coef > 0:   # the KL is to the initial model, not to the checkpoint
-        ref_model = load_model(args.model, device)[0].requires_grad_(False)
-    n_params = sum(p.numel() for p in model.parameters())
+    # a resumed run's KL is to the initial model, not the checkpoint (a fresh run copies the model)
+    ref_model = load_model(args.model, device)[0].requires_grad_(False) if state and args.kl_coef else None
     amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
     prm = build_prm(args, device, amp)
-    why = f"--defaults {size}" if args.defaults != "auto" else f"{'' if size == 'tiny' else 'not '}in tiny_task/"
-    print(f"model {args.model}: {n_params / 1e6:.2f}M parameters on {device}"
+    why = (f"--defaults {size}" if args.defaults != "auto" else
+           "in tiny_task/" if size == "tiny" else "not in tiny_task/")
+    print(f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {device}"
           f"{' (bf16 autocast)' if bf16 else ''}; {size} defaults ({why}); {len(train_set)} train / "
           f"{len(eval_set)} eval problems; PRM {args.prm}, tau {prm.taus[prm.q_index]}\n"
           f"{json.dumps(vars(args), default=str)}")
-    bound = max_dominant_lam(args.group_size, args.mode)
-    if args.lam >= bound:
+    if args.lam >= (bound := max_dominant_lam(args.group_size, args.mode)):
         print(f"warning: --lam {args.lam} >= {bound:.2f}, the bound for --mode {args.mode} with G="
               f"{args.group_size}: a wrong rollout can reach a right rollout's advantage", file=sys.stderr)
     if state is None:
@@ -1110,7 +990,7 @@ def main(argv=None) -> dict:
     return train(model, tokenizer, train_set, eval_set, args, amp, prm, state, ref_model)
 
 if __name__ == "__main__":
-    import progrs  # the module tiny_task/learned_prm.py imports too: one ProgrsError, not two
+    import progrs  # the module tiny_task/'s helpers import too: one ProgrsError, not two
     try:
         progrs.main()
     except progrs.ProgrsError as e:

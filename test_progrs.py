@@ -28,7 +28,9 @@ from progrs import (ToyPRM, check_equations, coherence_score, compute_advantages
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "tiny_task"))
+import gsm8k  # noqa: E402  (tiny_task/gsm8k.py: --data gsm8k's download)
 import learned_prm  # noqa: E402  (tiny_task/learned_prm.py: the learned PRMs behind --prm FOLDER)
+import run_folder  # noqa: E402  (tiny_task/run_folder.py: checkpoints, --out and --resume)
 TINY_MODEL = HERE / "tiny_task" / "model"
 # the real GSM8K test split, for the tests that read it: PROGRS_GSM8K_TEST, else beside the checkout
 GSM8K = Path(os.environ.get("PROGRS_GSM8K_TEST") or HERE.parent / "shared" / "data" / "gsm8k_test.jsonl")
@@ -286,7 +288,7 @@ def fake_release(monkeypatch, payload: bytes):
     import io
     import urllib.request
     asked = []
-    monkeypatch.setitem(progrs.GSM8K_SPLITS, "test",
+    monkeypatch.setitem(gsm8k.GSM8K_SPLITS, "test",
                         (payload.count(b"\n"), hashlib.sha256(payload).hexdigest()))
 
     def urlopen(url, timeout=None):
@@ -303,7 +305,7 @@ def test_gsm8k_is_downloaded_once_checked_and_cached(tmp_path, monkeypatch):
     asked = fake_release(monkeypatch, payload)
     problems = progrs.load_data("gsm8k", "test", "--eval-data")
     assert [p["gold"] for p in problems] == ["1", "2", "3", "4", "5"]
-    assert asked == [f"{progrs.GSM8K_URL}/test.jsonl"]
+    assert asked == [f"{gsm8k.GSM8K_URL}/test.jsonl"]
     assert (tmp_path / "gsm8k_test.jsonl").read_bytes() == payload
     progrs.load_data("gsm8k", "test", "--eval-data")
     assert len(asked) == 1                                            # cached: no second download
@@ -314,7 +316,7 @@ def test_gsm8k_with_the_wrong_content_or_no_network_is_one_clear_error(tmp_path,
     import urllib.request
     monkeypatch.setenv("PROGRS_CACHE", str(tmp_path))
     fake_release(monkeypatch, b'{"question": "q", "answer": "1"}\n')
-    progrs.GSM8K_SPLITS["test"] = (1, "0" * 64)                      # a release we did not pin
+    gsm8k.GSM8K_SPLITS["test"] = (1, "0" * 64)                      # a release we did not pin
     with pytest.raises(progrs.ProgrsError, match="not the pinned GSM8K test split.*--eval-data"):
         progrs.load_data("gsm8k", "test", "--eval-data")
     assert not list(tmp_path.iterdir())                               # nothing cached
@@ -331,7 +333,7 @@ def test_gsm8k_with_the_wrong_content_or_no_network_is_one_clear_error(tmp_path,
 @pytest.mark.skipif(not GSM8K.exists(), reason="no GSM8K test file (set PROGRS_GSM8K_TEST)")
 def test_pinned_gsm8k_test_split_is_the_shared_copy():
     data = GSM8K.read_bytes()
-    assert (data.count(b"\n"), hashlib.sha256(data).hexdigest()) == progrs.GSM8K_SPLITS["test"]
+    assert (data.count(b"\n"), hashlib.sha256(data).hexdigest()) == gsm8k.GSM8K_SPLITS["test"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1532,16 +1534,17 @@ SLOW_SAVE = r"""
 import sys, time
 from pathlib import Path
 import torch, progrs
+run_folder = progrs.tiny_task_module("run_folder")
 model, tok = progrs.load_model(sys.argv[1], torch.device("cpu"))
 out = Path(sys.argv[2])
-progrs.save_checkpoint(model, tok, out, 1, {"step": 1})  # a whole checkpoint
+run_folder.save_checkpoint(model, tok, out, 1, {"step": 1})    # a whole checkpoint
 real = model.save_pretrained
 def slow(path, *args, **kwargs):                         # writes the weights, then stalls
     real(path, *args, **kwargs)
     print("writing", flush=True)
     time.sleep(600)
 model.save_pretrained = slow
-progrs.save_checkpoint(model, tok, out, 2, {"step": 2})  # killed while model.tmp is half written
+run_folder.save_checkpoint(model, tok, out, 2, {"step": 2})  # killed while model.tmp is half written
 """
 
 
@@ -1559,11 +1562,11 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_resuming_run(tmp_path):
     assert child.returncode == -signal.SIGKILL
     # a fresh run into the folder is refused, and touches nothing
     with pytest.raises(progrs.ProgrsError, match="--resume.*another --out"):
-        progrs.prepare_out(str(out))
+        run_folder.prepare_out(str(out))
     assert sorted(p.name for p in out.iterdir()) == ["model", "model.tmp"]
     # --resume cleans up, says so on one line, and keeps the whole checkpoint
     logged = []
-    progrs.prepare_out(str(out), resume=True, log=logged.append)
+    run_folder.prepare_out(str(out), resume=True, log=logged.append)
     assert len(logged) == 1 and "removed model.tmp/" in logged[0]
     assert sorted(p.name for p in out.iterdir()) == ["model"]
     assert json.loads((out / "model" / "progrs_step.json").read_text()) == {"step": 1}  # the whole one
@@ -1572,21 +1575,21 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_resuming_run(tmp_path):
 def test_a_save_killed_between_its_two_renames_gets_the_last_model_back(tmp_path, tiny):
     """model -> model.old, then model.tmp -> model: killed in between, model/ is missing."""
     model, tok = tiny
-    progrs.save_checkpoint(model, tok, tmp_path, 3, {"step": 3})
+    run_folder.save_checkpoint(model, tok, tmp_path, 3, {"step": 3})
     (tmp_path / "model").rename(tmp_path / "model.old")
     (tmp_path / "model.tmp").mkdir()
     (tmp_path / "model.tmp" / "progrs_step.json").write_text(json.dumps({"step": 4}))
     logged = []
-    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
+    run_folder.prepare_out(str(tmp_path), resume=True, log=logged.append)
     assert len(logged) == 2 and "restored model/ from model.old/" in logged[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 3}
     assert (tmp_path / "model" / "model.safetensors").exists()
     # killed after the second rename: model/ is the new one, model.old/ only a leftover
-    progrs.save_checkpoint(model, tok, tmp_path, 5, {"step": 5})
+    run_folder.save_checkpoint(model, tok, tmp_path, 5, {"step": 5})
     shutil.copytree(tmp_path / "model", tmp_path / "model.old")
     logged.clear()
-    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
+    run_folder.prepare_out(str(tmp_path), resume=True, log=logged.append)
     assert len(logged) == 1 and "removed model.old/" in logged[0]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -1680,6 +1683,29 @@ def test_readme_centering_function_is_progrs_own():
     copies = [b for b in blocks if "def outcome_conditioned_centering" in b]
     assert len(copies) == 1, "the README holds one copy of the centering function"
     assert copies[0] == "import torch\n\n" + inspect.getsource(progrs.outcome_conditioned_centering)
+
+
+def test_readme_map_and_flag_table_are_generated_from_progrs():
+    proc = subprocess.run([sys.executable, str(HERE / "tiny_task" / "readme_tables.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_worked_groups_are_compute_advantages_own():
+    """The README's three groups (G = 8, lam 1): every A it prints is compute_advantages's, to 2 decimals."""
+    readme = (HERE / "README.md").read_text()
+    rows = {"all wrong": ([False] * 8, [0.63] + [0.02] * 7, [0, 1]),
+            "all right": ([True] * 8, [0.63] * 6 + [0.13] * 2, [0, 6]),
+            "mixed": ([True] * 2 + [False] * 6, [0.63] * 5 + [0.02] * 3, [0, 2, 5])}
+    for name, (ok, b, shown) in rows.items():
+        line = next(x for x in readme.splitlines() if x.startswith(f"| {name}"))
+        cells = line.split("|")[3:7]                                  # GRPO, absolute, progrs, strict
+        for cell, mode in zip(cells, ("outcome", "absolute", "progrs", "progrs-strict")):
+            adv = compute_advantages(torch.tensor([ok]), torch.tensor([b]), mode, 1.0)[0][0]
+            want = "all 0" if not adv.abs().max() > 1e-6 else ", ".join(f"{adv[j]:+.2f}" for j in shown)
+            assert cell.replace("**", "").replace(" (offset)", "").strip() == want, (name, mode, cell, want)
+    assert len(readme.splitlines()) <= 250 and readme.count("](tiny_task/") >= 3
+    assert len(re.findall(r"!\[[^]]*\]\([^)]+\.png\)", readme)) == 1      # one plot
 
 
 def test_two_class_prm_picks_the_good_label_by_whole_name(tmp_path):
@@ -1989,3 +2015,53 @@ def test_no_tracked_file_names_a_machine_path():
             continue
         found = [p for p in paths if p in text]
         assert not found, f"{name} names {found}"
+
+
+def test_trl_trainer_shares_the_quantile_rule_and_reads_lam_var(monkeypatch):
+    """ProgrsGRPOTrainer reads a PRM's quantile by progrs.quantile_index (the config's 0.5 for
+    tiny_task/prm, not its lowest) and scores with its own lam_var."""
+    trl = pytest.importorskip("trl", reason=TRL_SKIP)
+    from collections import defaultdict
+    from trl_progrs import ProgrsGRPOTrainer
+    monkeypatch.setattr(trl.GRPOTrainer, "__init__",
+                        lambda self, *a, **k: setattr(self, "num_generations", 8))
+    learned = learned_prm.ModelPRM(str(HERE / "tiny_task" / "prm"), torch.device("cpu"), no_amp)
+    assert ProgrsGRPOTrainer(prm=learned).q_index == learned.taus.index(0.5) == progrs.quantile_index(learned)
+    assert ProgrsGRPOTrainer(prm=learned, prm_quantile=0.9).q_index == 2
+    texts = ["1 + 1 = 2\n2 + 2 = 5\n5 + 1 = 6\nAnswer: 6", "1 + 1 = 2\n2 + 2 = 4\nAnswer: 4"]
+    inputs = [{"question": "What is 1 + 1 + 2?", "gold": "4"}] * 2
+    for lam_var in (0.0, 3.0):
+        fake = types.SimpleNamespace(prm=ToyPRM(), q_index=1, lam_var=lam_var,
+                                     model=types.SimpleNamespace(training=True),
+                                     _metrics={"train": defaultdict(list)},
+                                     accelerator=types.SimpleNamespace(device="cpu"))
+        got = ProgrsGRPOTrainer._calculate_rewards(fake, inputs, None, texts, None)
+        want = progrs.score_completions(inputs, texts, ToyPRM(), 1, lam_var)
+        assert got[:, 1].tolist() == pytest.approx(want["b"])
+    assert want["b"][0] < progrs.score_completions(inputs, texts, ToyPRM(), 1, 0.0)["b"][0]  # lam_var acts
+
+
+def test_quantile_labels_with_two_decimals_and_the_step_tag_flag_over_the_config(tmp_path):
+    prm = cpu_prm(save_token_classifier(tmp_path / "q", ["q0.25", "q0.5", "q0.75"]))
+    assert prm.kind == "quantile" and prm.taus == (0.25, 0.5, 0.75)
+    path = save_step_tag_prm(tmp_path / "tag", tag="<alt>")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(config, progrs_step_tag="<step>")))  # not one token
+    assert learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<alt>").tag == "<alt>"
+    with pytest.raises(progrs.ProgrsError, match="<step>"):                # without the flag: the config's
+        learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp)
+
+
+def test_bf16_on_cpu_is_used_and_eval_size_0_means_every_problem(tmp_path, monkeypatch, capsys):
+    args = progrs.build_parser().parse_args(["--device", "cpu", "--dtype", "bf16"])
+    assert progrs.pick_device(args) == (torch.device("cpu"), True)
+    args = progrs.build_parser().parse_args(["--device", "cpu"])
+    assert progrs.pick_device(args) == (torch.device("cpu"), False)
+    seen = {}
+    monkeypatch.setattr(progrs, "train",
+                        lambda model, tok, train_set, eval_set, *a, **k: seen.update(n=len(eval_set)))
+    progrs.main(["--eval-size", "0", "--dtype", "bf16", "--out", str(tmp_path / "a")])
+    assert seen["n"] == len(load_problems(HERE / "tiny_task" / "test.jsonl")) == 500
+    assert "(bf16 autocast)" in capsys.readouterr().out
+    progrs.main(["--eval-size", "7", "--out", str(tmp_path / "b")])
+    assert seen["n"] == 7

@@ -35,7 +35,7 @@ import progrs  # noqa: E402
 def eval_args(a):
     """What progrs.evaluate reads from progrs.py's flags (the tiny defaults)."""
     return types.SimpleNamespace(eval_batch=256, chat=False, max_new_tokens=a.max_new_tokens,
-                                 q_index=0, lam_var=1.0, eval_samples=0, temperature=1.0, seed=a.seed)
+                                 lam_var=1.0, eval_samples=0, temperature=1.0, seed=a.seed)
 
 
 def run_progrs(a, out: Path) -> dict:
