@@ -4,6 +4,7 @@ import copy
 import doctest
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE / "tiny_task"))
 import gsm8k  # noqa: E402  (tiny_task/gsm8k.py: --data gsm8k's download)
 import learned_prm  # noqa: E402  (tiny_task/learned_prm.py: the learned PRMs behind --prm FOLDER)
 import run_folder  # noqa: E402  (tiny_task/run_folder.py: checkpoints, --out and --resume)
+import controls  # noqa: E402  (tiny_task/controls.py: the comparisons' experiment controls)
 TINY_MODEL = HERE / "tiny_task" / "model"
 # the real GSM8K test split, for the tests that read it: PROGRS_GSM8K_TEST, else beside the checkout
 GSM8K = Path(os.environ.get("PROGRS_GSM8K_TEST") or HERE.parent / "shared" / "data" / "gsm8k_test.jsonl")
@@ -2065,3 +2067,56 @@ def test_bf16_on_cpu_is_used_and_eval_size_0_means_every_problem(tmp_path, monke
     assert "(bf16 autocast)" in capsys.readouterr().out
     progrs.main(["--eval-size", "7", "--out", str(tmp_path / "b")])
     assert seen["n"] == 7
+
+
+# ----------------------------------------------------------------------------------------------------
+# The group-type control (tiny_task/controls.py --bonus-groups), on a constructed batch
+
+UNCONTROLLED = progrs.compute_advantages
+
+
+def group_controlled(monkeypatch, flags):
+    """The compute_advantages that controls.main(flags) hands to progrs.main (which is not run)."""
+    monkeypatch.setattr(progrs, "compute_advantages", UNCONTROLLED)
+    monkeypatch.setattr(progrs, "main", lambda argv: progrs.compute_advantages)
+    return controls.main(flags)
+
+
+def test_bonus_groups_zero_exactly_in_excluded_types_and_progrs_elsewhere(monkeypatch):
+    # two groups of each type, G = 4; every group has a nonzero centred bonus somewhere
+    correct = torch.tensor([[True, False, False, False], [False, True, True, False],
+                            [False] * 4, [False] * 4, [True] * 4, [True] * 4])
+    b = torch.tensor([[0.6, 0.6, 0.2, 0.1], [0.3, 0.5, 0.0, 0.9], [0.6, 0.2, 0.2, 0.2],
+                      [0.0, 0.4, 0.1, 0.9], [0.6, 0.6, 0.3, 0.3], [0.1, 0.8, 0.5, 0.2]])
+    kind = ["mixed", "mixed", "all-wrong", "all-wrong", "all-right", "all-right"]
+    assert controls.group_types(correct) == kind
+    lam = 1.5
+    for mode in ("progrs", "progrs-strict"):
+        ref_adv, ref_out, ref_bonus = UNCONTROLLED(correct, b, mode, lam)
+        assert all((ref_bonus[g] != 0).any() for g in range(len(kind)))
+        for n in (1, 2, 3):
+            for keep in itertools.combinations(controls.GROUP_TYPES, n):
+                compute = group_controlled(monkeypatch, ["--bonus-groups", ",".join(keep), "--mode", mode,
+                                                   "--lam", str(lam)])
+                adv, a_out, bonus = compute(correct, b, mode, lam)
+                for g, t in enumerate(kind):
+                    if t in keep:
+                        assert torch.equal(bonus[g], ref_bonus[g]), (keep, t)
+                        assert torch.equal(adv[g], ref_adv[g]), (keep, t)
+                    else:
+                        assert torch.equal(bonus[g], torch.zeros(4)), (keep, t)
+                        assert torch.equal(adv[g], ref_out[g]), (keep, t)
+                assert torch.equal(a_out, ref_out)
+
+
+def test_bonus_groups_flags():
+    found, rest = controls.split_control(["--mode", "progrs", "--bonus-groups", "mixed,all-wrong",
+                                          "--seed", "3"])
+    assert found == {"control": None, "groups": ("mixed", "all-wrong")}
+    assert rest == ["--mode", "progrs", "--seed", "3"]
+    for bad in (["--bonus-groups", "wrong"], ["--bonus-groups"], ["--bonus-control", "none"]):
+        try:
+            controls.split_control(bad)
+        except SystemExit:
+            continue
+        raise AssertionError(bad)
