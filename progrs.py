@@ -426,15 +426,15 @@ def _closed_boxes(text: str) -> list[tuple[int, int]]:
 def find_answer(text: str) -> AnswerLine | None:
     """The completion's answer line (see the rule above), or None if it commits to nothing."""
     boxes = _closed_boxes(text)
-    k = start = 0   # the first box not yet read, the current line's start
+    next_box = start = 0   # the first box not yet read, the current line's start
     while start <= len(text):
         nl = text.find("\n", start)
         end = len(text) if nl == -1 else nl
-        j = k
+        j = next_box
         while j < len(boxes) and boxes[j][1] < end:    # boxes that close on this line
             j += 1
-        answer = " ".join(text[a:c].strip() for a, c in boxes[k:j])
-        k = j
+        answer = " ".join(text[lo:hi].strip() for lo, hi in boxes[next_box:j])
+        next_box = j
         if not answer:
             mark = _ANSWER_MARK.search(text, start, end)
             answer = text[mark.end():end].replace("*", "").strip() if mark else ""
@@ -476,11 +476,11 @@ def split_steps(completion: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------
 # Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. Each step alone: false
-# if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) ~ Beta(1 + k, 1) if
-# true, Beta(1, 1 + k) if false; q_tau is its quantile ("47 + 28 = 75": q_0.1 0.63, q_0.5 0.87, q_0.9
-# 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a real PRM's too: a miscopied number or a
-# solution that stops one operation early is all sound steps, a fluent failure. Left sides are at most
-# MAX_EXPR characters of arithmetic before "=", so any string scores in linear time.
+# if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) ~ Beta(1 + e, 1) if
+# true, Beta(1, 1 + e) if false (e = EVIDENCE); q_tau is its quantile ("47 + 28 = 75": q_0.1 0.63, q_0.5
+# 0.87, q_0.9 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a real PRM's too: a miscopied
+# number or a solution stopping one operation early is all sound steps, a fluent failure. Left sides are at
+# most MAX_EXPR characters of arithmetic before "=", so any string scores in linear time.
 
 MAX_EXPR = 120    # characters of arithmetic before "="
 MAX_DIGITS = 15   # digits of one number
@@ -698,10 +698,10 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
 # (b) -> centering (c) -> advantages (A) -> one policy update; evaluations and checkpoints between.
 
 def score_completions(problems: list[dict], texts: list[str], prm, q_index: int, lam_var: float) -> dict:
-    """Verify and PRM-score completions (one problem per text), reading the PRM's q_index quantile.
-    Nothing a model writes stops a run: text that makes verification raise is judged wrong with no
-    steps (b = 0) and counted in `unscorable`."""
-    out = {k: [] for k in ("correct", "b", "step_scores", "n_steps", "trace_error", "unscorable", "judged")}
+    """Verify and PRM-score completions (one problem per text) at the PRM's q_index quantile. Text that
+    makes verification raise is judged wrong with no steps (b = 0) and counted in `unscorable`."""
+    out = {name: [] for name in ("correct", "b", "step_scores", "n_steps", "trace_error", "unscorable",
+                                 "judged")}
     steps = []
     for prob, text in zip(problems, texts):
         try:
@@ -763,7 +763,7 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=
         s = score_completions([p for p in problems for _ in range(n)], texts, prm, prm.q_index, args.lam_var)
         ff = fluent_failures(torch.tensor(s["b"]), torch.tensor(s["correct"]), torch.tensor(s["judged"]),
                              right_pool)
-        return {prefix + k: v for k, v in rollout_metrics(s, ff).items()}
+        return {prefix + key: v for key, v in rollout_metrics(s, ff).items()}
 
     out = summary(1, 0.0, "eval_")
     if args.eval_samples > 0:
@@ -778,7 +778,7 @@ def _mean(x: torch.Tensor) -> float | None:
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
     """One metrics line; marks batch["fluent"] (P, G) and adds the step's right b's to right_pool."""
-    correct, b, c, adv = (batch[k] for k in ("correct", "b_grid", "c", "adv"))    # (P, G) each
+    correct, b, c, adv = (batch[key] for key in ("correct", "b_grid", "c", "adv"))  # (P, G) each
     ff = fluent_failures(b.flatten(), correct.flatten(), torch.tensor(batch["judged"]), right_pool or ())
     fluent = torch.zeros_like(correct) if ff is None else ff.view_as(correct)     # (P, G)
     batch["fluent"] = fluent
