@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import types
 import warnings
 from decimal import Decimal
@@ -1970,6 +1971,7 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_writes_the_same_metrics(tmp
     try:
         while not (out / "model" / "progrs_step.json").exists():
             assert child.poll() is None, child.stderr.read()[-2000:]
+            time.sleep(0.02)
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
