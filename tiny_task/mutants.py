@@ -11,8 +11,7 @@ tests that should notice it. A few model-free pieces outside the tool's list rid
 quantile_index, pick_device, teaching_view).
 
 Each mutant names its file and replaces one exact substring of it (it must occur exactly once) in a
-COPY in a temporary folder, beside copies of progrs.py and test_progrs.py and a link to tiny_task/ (a
-copy of tiny_task/ when the mutant is in one of its files), and runs pytest there on the tests named
+COPY in a temporary folder, beside copies of progrs.py, test_progrs.py and tiny_task/, and runs pytest there on the tests named
 for it (-k), or on the whole suite with --full. A mutant is
   caught     some selected test failed (or errored),
   survived   every selected test passed: the suite did not notice,
@@ -243,10 +242,9 @@ def run_one(i, mutant, tests, full, timeout):
         tmp = Path(tmp)
         shutil.copy(ROOT / "progrs.py", tmp / "progrs.py")
         shutil.copy(tests, tmp / "test_progrs.py")
-        if path.startswith("tiny_task/"):   # a copy: its files import progrs from the folder above them
-            shutil.copytree(ROOT / "tiny_task", tmp / "tiny_task", ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (tmp / "tiny_task").symlink_to(ROOT / "tiny_task")
+        # a copy, not a link: its files import progrs from the folder above them, and the defaults
+        # follow the --model path (a link would resolve outside the temporary folder)
+        shutil.copytree(ROOT / "tiny_task", tmp / "tiny_task", ignore=shutil.ignore_patterns("__pycache__"))
         if old:
             (tmp / path).write_text(source.replace(old, new))
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "test_progrs.py"]
