@@ -11,8 +11,8 @@ tests that should notice it. A few model-free pieces outside the tool's list rid
 quantile_index, pick_device, teaching_view).
 
 Each mutant names its file and replaces one exact substring of it (it must occur exactly once) in a
-COPY in a temporary folder, beside copies of progrs.py, test_progrs.py and tiny_task/, and runs pytest there on the tests named
-for it (-k), or on the whole suite with --full. A mutant is
+COPY in a temporary folder, beside copies of progrs.py, test_progrs.py and tiny_task/, and runs pytest
+there on the tests named for it (-k), or on the whole suite with --full. A mutant is
   caught     some selected test failed (or errored),
   survived   every selected test passed: the suite did not notice,
   stale      its original substring is no longer in its file (update the table below),
