@@ -1892,6 +1892,7 @@ def test_entropy_is_the_mean_token_entropy_of_the_sampled_completions_at_the_tem
     prompts = [progrs.build_prompt(p["question"]) for p in problems]
     torch.manual_seed(0)
     batch = progrs.generate(model, tok, prompts, 2, 12, 0.7, no_amp)
+    batch["completion_mask"][0, 5:] = False                              # one completion ends early
     ids, att, Tp = batch["input_ids"], batch["attention_mask"], batch["prompt_len"]
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=att,
