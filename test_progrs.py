@@ -436,7 +436,8 @@ def test_adversarial_corpus_scores_without_an_exception():
     assert results["nested boxes"][1]["n_steps"] == 0
 
 
-def test_a_completion_whose_scoring_raises_gets_the_lowest_score_and_is_counted(monkeypatch):
+def raise_on_boom(monkeypatch):
+    """progrs.split_steps raises on any text holding "boom" (verification that blows up)."""
     real = progrs.split_steps
 
     def fragile(text):
@@ -444,6 +445,10 @@ def test_a_completion_whose_scoring_raises_gets_the_lowest_score_and_is_counted(
             raise RuntimeError("boom")
         return real(text)
     monkeypatch.setattr(progrs, "split_steps", fragile)
+
+
+def test_a_completion_whose_scoring_raises_gets_the_lowest_score_and_is_counted(monkeypatch):
+    raise_on_boom(monkeypatch)
     probs = [{"question": "What is 2 + 2?", "gold": "4"}] * 2
     s = progrs.score_completions(probs, ["2 + 2 = 4\nAnswer: 4", "boom\nAnswer: 4"], ToyPRM(), 0, 1.0)
     assert s["correct"] == [True, False] and s["unscorable"] == [False, True]
@@ -2644,14 +2649,7 @@ def test_score_completions_trace_errors_steps_judged_and_lam_var(monkeypatch):
     texts = ["2 + 2 = 4\nAnswer: 4", "2 + 2 = 5\nAnswer: 4", "2 + 2 = 5\nAnswer: 5", "boom\nAnswer: 4",
              "we add\nAnswer: 4", "2 + 2 = 4\n2 + 3 = 9\nAnswer: 4"]
     probs = [{"question": "What is 2 + 2?", "gold": "4"}] * len(texts)
-
-    real = progrs.split_steps
-
-    def fragile(text):
-        if "boom" in text:
-            raise RuntimeError("boom")
-        return real(text)
-    monkeypatch.setattr(progrs, "split_steps", fragile)
+    raise_on_boom(monkeypatch)
     s = progrs.score_completions(probs, texts, ToyPRM(), 1, 0.0)
     assert s["correct"] == [True, True, False, False, True, True]
     assert s["trace_error"] == [False, True, False, False, False, True]
