@@ -25,7 +25,7 @@ than one update per batch (--ppo-epochs > 1 clips the ratio). Plumbing that a re
 beside the tiny task: GSM8K's download, learned PRMs, the run folder (tiny_task/*.py).
 """
 import argparse, ast, collections, contextlib, copy, functools, json, math, operator
-import os, random, re, sys, time
+import logging, os, random, re, sys, time
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -700,8 +700,7 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
 def score_completions(problems: list[dict], texts: list[str], prm, q_index: int, lam_var: float) -> dict:
     """Verify and PRM-score completions (one problem per text) at the PRM's q_index quantile. Text that
     makes verification raise is judged wrong with no steps (b = 0) and counted in `unscorable`."""
-    out = {name: [] for name in ("correct", "b", "step_scores", "n_steps", "trace_error", "unscorable",
-                                 "judged")}
+    out = {name: [] for name in "correct b step_scores n_steps trace_error unscorable judged".split()}
     steps = []
     for prob, text in zip(problems, texts):
         try:
@@ -845,7 +844,7 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
         schedule.load_state_dict(state["schedule"])
         order_rng.setstate(state["order_rng"])
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
+        if state["cuda_rng"] and torch.cuda.is_available():  # a CUDA run may resume on a CPU
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def next_problems():
@@ -961,6 +960,7 @@ def main(argv=None) -> dict:
     check_args(args)
     hf_logging.set_verbosity_error()     # errors here are ours, one line each; no loading reports
     hf_logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # nor its offline retries' warnings
     device, bf16 = pick_device(args)
     run_folder = tiny_task_module("run_folder")
     run_folder.prepare_out(args.out, args.resume)   # a run never starts work it cannot save

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -1956,8 +1957,9 @@ def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path):
     assert load_problems(path) == [{"question": "What is 1 + 1?", "gold": "2"}]
 
 
+# 48 tokens: room for right answers, so the gauge's pool of right b's fills before the kill
 RESUME_RUN = ["--steps", "6", "--prompts-per-step", "2", "--group-size", "4", "--eval-size", "4",
-              "--eval-every", "2", "--save-every", "2", "--max-new-tokens", "16", "--eval-samples", "1"]
+              "--eval-every", "2", "--save-every", "2", "--max-new-tokens", "48", "--eval-samples", "1"]
 
 
 def without_timings(path):
@@ -1991,6 +1993,13 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_writes_the_same_metrics(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed {out} after step {killed_at} of 6" in resumed.stdout
     assert without_timings(out / "metrics.jsonl") == without_timings(tmp_path / "whole" / "metrics.jsonl")
+    # and the last checkpoints hold the same state: a stream or pool that only acts later must match too
+    ends = [torch.load(d / "model" / "progrs_state.pt", weights_only=True) for d in (out, tmp_path / "whole")]
+    for key in ("step", "queue", "right_pool", "order_rng", "schedule", "cuda_rng"):
+        assert ends[0][key] == ends[1][key], key
+    assert torch.equal(ends[0]["torch_rng"], ends[1]["torch_rng"])
+    moments = [[t for s in e["optimizer"]["state"].values() for t in s.values()] for e in ends]
+    assert len(moments[0]) > 0 and all(torch.equal(a, b) for a, b in zip(*moments, strict=True))
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(out / "model")                  # still a from_pretrained folder
     # a finished run has nothing left to resume; another flag than the run's is refused
@@ -1998,6 +2007,45 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_writes_the_same_metrics(tmp
     assert len(done) == 1 and "has done 6 of its 6 steps" in done[0]
     other = run_cli(*RESUME_RUN, "--lr", "0.5", "--out", str(out), "--resume").stderr.strip().splitlines()
     assert len(other) == 1 and "--lr 0.5 differs" in other[0]
+
+
+def test_a_damaged_run_folder_is_refused_by_resume_in_one_line(tmp_path):
+    argv = small(tmp_path, "--resume")
+    (tmp_path / "model").mkdir()
+    state = tmp_path / "model" / "progrs_state.pt"
+    state.write_bytes(b"not a torch file")
+    config = tmp_path / "config.json"
+    for text, why in ((None, "cannot read .*config.json .*No such file"), ("{bad", "cannot read .*config.json"),
+                      ("[1, 2]", ".*config.json holds no flags")):
+        if text is not None:
+            config.write_text(text)
+        with pytest.raises(progrs.ProgrsError, match="--resume: " + why):
+            progrs.main(argv)
+    args = progrs.build_parser().parse_args(argv)
+    progrs.apply_defaults(args)
+    config.write_text(json.dumps(vars(args)))                        # the run's own flags
+    with pytest.raises(progrs.ProgrsError, match="cannot read .*progrs_state.pt .*damaged"):
+        progrs.main(argv)
+    torch.save({"step": 1, "queue": []}, state)
+    with pytest.raises(progrs.ProgrsError, match="progrs_state.pt lacks optimizer, schedule, order_rng, right_pool"):
+        progrs.main(argv)
+    torch.save([1, 2], state)
+    with pytest.raises(progrs.ProgrsError, match="progrs_state.pt lacks step, optimizer"):
+        progrs.main(argv)
+
+
+def test_an_unreachable_hub_id_is_one_line_without_the_hubs_retry_warnings(tmp_path, monkeypatch, caplog):
+    import transformers
+    hub = logging.getLogger("huggingface_hub")
+    hub.setLevel(logging.WARNING)                 # the library's own default, whatever ran before
+
+    def offline(name, *args, **kwargs):  # what the hub client does without a network: warn, retry, raise
+        logging.getLogger("huggingface_hub.utils._http").warning(f"thrown while requesting HEAD {name}")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    with pytest.raises(progrs.ProgrsError, match="--model some-org/some-model: could not load it .*connect"):
+        progrs.main(small(tmp_path, "--model", "some-org/some-model", "--defaults", "tiny"))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")] == []
 
 
 def test_no_tracked_file_names_a_machine_path():

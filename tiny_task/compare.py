@@ -468,8 +468,6 @@ def se_txt(xs, scale=100.0, fmt="{:.1f}", star=False) -> str:
 
 
 def fluent_report(st: dict, res: dict, a, jobs: dict) -> list[str]:
-    import progrs
-
     seeds = range(a.seeds)
     fs = fluent_stats(st, a.lams)
     steps = [e["step"] for e in fres(res, "outcome", a.prms[0], None, 0)["rows"] if "eval_accuracy" in e]
@@ -803,7 +801,7 @@ def scarce_report(stats: dict, res: dict, a) -> list[str]:
 
     steps = [e["step"] for e in res[("scarce", "outcome", 0)]["rows"] if "eval_accuracy" in e]
     gains, rises, finals = {}, {}, {}
-    lines = [f"## Over training", "",
+    lines = ["## Over training", "",
              f"Sampled pass@1: {a.eval_samples} samples per problem at T = 1 on the first {a.eval_size} test "
              f"problems of the regime's test file; mean ± standard error over {a.seeds} seeds (points). "
              f"'Gain': the paired (same seed) difference from outcome-only in sampled pass@1, averaged over "

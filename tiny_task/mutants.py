@@ -221,8 +221,8 @@ MUTANTS = [
      "killed_after_a_checkpoint"),
     (R, "--resume of a finished run is not refused", 'if state["step"] >= args.steps:', "if False:",
      "killed_after_a_checkpoint"),
-    # last: the order's random stream acts only once a shuffle of the 5,000 problems runs out, which the
-    # resume test's 12 problems never reach
+    # the order's random stream acts only once a shuffle of the 5,000 problems runs out, which the resume
+    # test's 12 problems never reach: its final comparison of the two runs' last checkpoints notices it
     (P, "--resume: the problem order's random stream is not restored",
      'order_rng.setstate(state["order_rng"])', "pass", "killed_after_a_checkpoint"),
     # equivalent on purpose: it cannot change a result, and is expected to survive

@@ -67,15 +67,33 @@ def prepare_out(out: str, resume: bool = False, log=print) -> None:
         raise ProgrsError(f"--resume: {out} holds no checkpoint to continue (model/progrs_state.pt)")
 
 
+STATE_KEYS = ("step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics", "torch_rng",
+              "cuda_rng")  # what progrs.train saves in progrs_state.pt
+
+
 def resume_state(args) -> dict:
     """--resume: the run's own command (OUT/config.json; only --steps and --device may change) and its
     checkpoint's state."""
-    saved = json.loads((Path(args.out) / "config.json").read_text())
+    config = Path(args.out) / "config.json"
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise ProgrsError(f"--resume: cannot read {config} ({getattr(e, 'strerror', None) or first_line(e)}); "
+                          "it holds the run's flags, written when the run started") from None
+    if not isinstance(saved, dict):
+        raise ProgrsError(f"--resume: {config} holds no flags (expected a JSON object, as progrs.py writes)")
     for name, value in vars(args).items():
         if name not in ("resume", "steps", "device", "out") and value != saved.get(name):
             raise ProgrsError(f"--resume: --{name.replace('_', '-')} {value} differs from the run's "
-                              f"{saved.get(name)} ({args.out}/config.json); rerun its command, or another --out")
-    state = torch.load(Path(args.out) / "model" / "progrs_state.pt", weights_only=True)
+                              f"{saved.get(name)} ({config}); rerun its command, or another --out")
+    path = Path(args.out) / "model" / "progrs_state.pt"
+    try:  # on the CPU first: --device may change, and load_state_dict moves the optimizer's tensors
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: torch raises many kinds
+        raise ProgrsError(f"--resume: cannot read {path} ({first_line(e)}); the checkpoint is damaged") from None
+    missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise ProgrsError(f"--resume: {path} lacks {', '.join(missing)} (expected the state progrs.py saves)")
     if state["step"] >= args.steps:
         raise ProgrsError(f"--resume: the run in {args.out} has done {state['step']} of its {args.steps} "
                           "steps; pass a larger --steps to go on")
