@@ -943,44 +943,6 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
     assert model.config.model_type == "qwen2" and tok.eos_token_id is not None
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--data", "nope.jsonl"], "nope.jsonl"),
-    (["--group-size", "1"], "--group-size"),
-    (["--mode", "best"], "--mode"),
-    (["--lam", "-1"], "--lam"),
-    (["--lam", "inf"], "--lam"),
-    (["--lr", "nan"], "--lr"),
-    (["--out", "progrs.py"], "--out"),
-    (["--model", "./no/such/model"], "--model"),
-    (["--model", "tiny_task"], "config.json"),
-    (["--prm", "./no/such/prm"], "--prm"),
-    (["--prm", "tiny_task/model"], "--prm-tag"),
-    (["--prm-quantile", "0.3"], "--prm-quantile"),
-    (["--save-every", "0"], "--save-every"),
-])
-def test_cli_bad_input_is_one_line(flags, needle):
-    proc = run_cli(*flags, "--steps", "1")
-    assert proc.returncode != 0
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and needle in err[0] and "Traceback" not in proc.stderr
-
-
-def test_cli_malformed_jsonl_names_file_and_line(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n{"question": oops}\n')
-    proc = run_cli("--data", str(bad), "--steps", "1")
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(err) == 1 and f"{bad}:2" in err[0]
-    missing = tmp_path / "missing_field.jsonl"
-    missing.write_text('{"question": "What is 1 + 1?"}\n')
-    err = run_cli("--eval-data", str(missing), "--steps", "1").stderr.strip().splitlines()
-    assert len(err) == 1 and f"{missing}:1" in err[0] and "answer" in err[0]
-    latin1 = tmp_path / "latin1.jsonl"
-    latin1.write_bytes('{"question": "Caf\u00e9 1 + 1?", "answer": "2"}\n'.encode("latin-1"))
-    err = run_cli("--data", str(latin1), "--steps", "1").stderr.strip().splitlines()
-    assert len(err) == 1 and str(latin1) in err[0] and "UTF-8" in err[0]
-
-
 def small(out, *flags):
     return ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--eval-size", "4",
             "--max-new-tokens", "24", "--out", str(out), *flags]
@@ -1475,6 +1437,15 @@ def bad_input_runs(tmp_path_factory):
     model, prm = truncated_copy(TINY_MODEL, tmp / "trunc_model"), truncated_copy(HERE / "tiny_task" / "prm",
                                                                                  tmp / "trunc_prm")
     token_classifier = save_token_classifier(tmp / "token_classifier", ["q0.1", "q0.5", "q0.9"])
+    malformed = {"json": (tmp / "bad.jsonl", '{"question": "What is 1 + 1?", "answer": "2"}\n{"question": oops}\n'),
+                 "no answer": (tmp / "missing_field.jsonl", '{"question": "What is 1 + 1?"}\n')}
+    for path, text in malformed.values():
+        path.write_text(text)
+    latin1 = tmp / "latin1.jsonl"
+    latin1.write_bytes('{"question": "Caf\u00e9 1 + 1?", "answer": "2"}\n'.encode("latin-1"))
+    used = tmp / "used_out"
+    used.mkdir()
+    (used / "metrics.jsonl").write_text("{}\n")
     no_tokenizer = tmp / "no_tokenizer"
     shutil.copytree(TINY_MODEL, no_tokenizer)
     for f in no_tokenizer.glob("tokenizer*"):
@@ -1503,6 +1474,25 @@ def bad_input_runs(tmp_path_factory):
         "micro-batch 0": (["--micro-batch", "0"], ["--micro-batch", ">= 1"], True),
         "prm tag with the toy PRM": (["--prm-tag", "ки"], ["--prm-tag", "toy PRM"], False),
         "prm tokens with the toy PRM": (["--prm-tokens", "+,-"], ["--prm-tokens", "toy PRM"], False),
+        "data missing": (["--data", "nope.jsonl"], ["nope.jsonl"], True),
+        "group size 1": (["--group-size", "1"], ["--group-size"], True),
+        "mode unknown": (["--mode", "best"], ["--mode"], True),
+        "lam negative": (["--lam", "-1"], ["--lam"], True),
+        "lam inf": (["--lam", "inf"], ["--lam"], True),
+        "lr nan": (["--lr", "nan"], ["--lr"], True),
+        "out is progrs.py": (["--out", "progrs.py"], ["--out"], True),
+        "model missing": (["--model", "./no/such/model"], ["--model"], True),
+        "model folder without config": (["--model", "tiny_task"], ["config.json"], True),
+        "prm missing": (["--prm", "./no/such/prm"], ["--prm"], False),
+        "prm is the policy": (["--prm", "tiny_task/model"], ["--prm-tag"], False),
+        "prm quantile not its own": (["--prm-quantile", "0.3"], ["--prm-quantile"], False),
+        "save-every 0": (["--save-every", "0"], ["--save-every"], True),
+        "data not json": (["--data", str(malformed["json"][0])], [f"{malformed['json'][0]}:2"], True),
+        "eval data without answer": (["--eval-data", str(malformed["no answer"][0])],
+                                     [f"{malformed['no answer'][0]}:1", "answer"], True),
+        "data not utf-8": (["--data", str(latin1)], [str(latin1), "UTF-8"], True),
+        "out holds a run": (["--out", str(used)], [f"--out {used}", "--resume", "another --out"], True),
+        "resume an empty out": (["--out", str(tmp / "empty_out"), "--resume"], ["--resume", "no checkpoint"], True),
     }
     # small settings, so that a check that lets its fault through still finishes soon
     quick = ["--steps", "1", "--prompts-per-step", "1", "--group-size", "2", "--eval-size", "1",
@@ -1520,7 +1510,11 @@ BAD_INPUTS = ["truncated model weights", "device mps", "device cuda:3", "out bel
               "out cannot be created", "out is a file", "model is a plain file", "truncated prm weights",
               "prm tag not one token", "answer true", "answer false", "answer null", "answer list",
               "long question", "model is a token classifier", "model without tokenizer", "out empty",
-              "seed negative", "micro-batch 0", "prm tag with the toy PRM", "prm tokens with the toy PRM"]
+              "seed negative", "micro-batch 0", "prm tag with the toy PRM", "prm tokens with the toy PRM",
+              "data missing", "group size 1", "mode unknown", "lam negative", "lam inf", "lr nan",
+              "out is progrs.py", "model missing", "model folder without config", "prm missing",
+              "prm is the policy", "prm quantile not its own", "save-every 0", "data not json",
+              "eval data without answer", "data not utf-8", "out holds a run", "resume an empty out"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -1884,11 +1878,10 @@ def test_a_lam_that_can_rank_wrong_above_right_warns_in_every_mode(mode, lam, wa
         assert f"--mode {mode}" in err and "G=8" in err
 
 
-def test_strict_mode_at_lam_2_warns_from_the_command_line(tmp_path):
-    proc = run_cli("--mode", "progrs-strict", "--lam", "2", "--steps", "1", "--eval-size", "2",
-                   "--prompts-per-step", "1", "--max-new-tokens", "8")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    warning = [x for x in proc.stderr.splitlines() if x.startswith("warning:")]
+def test_strict_mode_at_lam_2_warns_from_the_command_line(tmp_path, capsys):
+    progrs.main(["--mode", "progrs-strict", "--lam", "2", "--steps", "1", "--eval-size", "2",
+                 "--prompts-per-step", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "out")])
+    warning = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     assert len(warning) == 1 and "1.33" in warning[0] and "progrs-strict" in warning[0]
 
 
@@ -1985,9 +1978,8 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_writes_the_same_metrics(tmp
     assert killed_at in (2, 4)
     # a rerun without --resume is refused, naming both ways out, and changes nothing
     metrics = (out / "metrics.jsonl").read_text()
-    again = run_cli(*RESUME_RUN, "--out", str(out))
-    err = again.stderr.strip().splitlines()
-    assert again.returncode != 0 and len(err) == 1 and "--resume" in err[0] and "another --out" in err[0]
+    with pytest.raises(progrs.ProgrsError, match=f"--out {out}: holds a run .*--resume.*another --out"):
+        progrs.main([*RESUME_RUN, "--out", str(out)])
     assert (out / "metrics.jsonl").read_text() == metrics
     resumed = run_cli(*RESUME_RUN, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -2003,10 +1995,10 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_writes_the_same_metrics(tmp
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(out / "model")                  # still a from_pretrained folder
     # a finished run has nothing left to resume; another flag than the run's is refused
-    done = run_cli(*RESUME_RUN, "--out", str(out), "--resume").stderr.strip().splitlines()
-    assert len(done) == 1 and "has done 6 of its 6 steps" in done[0]
-    other = run_cli(*RESUME_RUN, "--lr", "0.5", "--out", str(out), "--resume").stderr.strip().splitlines()
-    assert len(other) == 1 and "--lr 0.5 differs" in other[0]
+    with pytest.raises(progrs.ProgrsError, match="has done 6 of its 6 steps"):
+        progrs.main([*RESUME_RUN, "--out", str(out), "--resume"])
+    with pytest.raises(progrs.ProgrsError, match="--lr 0.5 differs"):
+        progrs.main([*RESUME_RUN, "--lr", "0.5", "--out", str(out), "--resume"])
 
 
 def test_a_damaged_run_folder_is_refused_by_resume_in_one_line(tmp_path):

@@ -173,7 +173,7 @@ MUTANTS = [
     (P, "--prm-quantile is checked but column 0 is read", "return prm.taus.index(tau)", "return 0",
      "build_prm_reads"),
     (P, "a --prm-quantile the PRM lacks escapes as a traceback", "if tau not in prm.taus:", "if False:",
-     "cli_bad_input_is_one_line"),
+     "naming_it_and_early"),
     (P, "build_prm ignores --prm-quantile",
      "prm.q_index = quantile_index(prm, args.prm_quantile)", "prm.q_index = quantile_index(prm)",
      "build_prm_reads"),
