@@ -1950,8 +1950,9 @@ def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path):
     assert load_problems(path) == [{"question": "What is 1 + 1?", "gold": "2"}]
 
 
-# 48 tokens: room for right answers, so the gauge's pool of right b's fills before the kill
-RESUME_RUN = ["--steps", "6", "--prompts-per-step", "2", "--group-size", "4", "--eval-size", "4",
+# 48 tokens: room for right answers, so the gauge's pool of right b's fills before the kill; a KL term,
+# whose reference a resumed run must load from --model, not from its checkpoint
+RESUME_RUN = ["--kl-coef", "0.05", "--steps", "6", "--prompts-per-step", "2", "--group-size", "4", "--eval-size", "4",
               "--eval-every", "2", "--save-every", "2", "--max-new-tokens", "48", "--eval-samples", "1"]
 
 
@@ -2040,6 +2041,97 @@ def test_an_unreachable_hub_id_is_one_line_without_the_hubs_retry_warnings(tmp_p
     assert [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")] == []
 
 
+def with_biased_head(model, bias):
+    """A copy of the model whose LM head is its own weight plus `bias` (V,)."""
+    model = copy.deepcopy(model)
+    old = model.get_output_embeddings()
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.copy_(bias)
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False
+    return model
+
+
+def test_a_biased_head_is_read_with_its_bias(tiny):
+    """token_logprobs reads the head as weight and bias; a model whose LM head has a bias gets it."""
+    bias = torch.randn(len(tiny[1]), generator=torch.Generator().manual_seed(0)) * 3
+    model, tok = with_biased_head(tiny[0], bias), tiny[1]
+    enc = tok([progrs.build_prompt("What is 3 + 4?")], return_tensors="pt")
+    ids = torch.cat([enc["input_ids"], torch.tensor([[17, 18, 19, 20]])], 1)
+    Tp = enc["input_ids"].shape[1]
+    with torch.no_grad():
+        ref = (model(input_ids=ids).logits.float() / 0.7).log_softmax(-1)[0, Tp - 1:-1].gather(-1, ids[0, Tp:, None])
+        ours = progrs.token_logprobs(model, ids, torch.ones_like(ids), Tp, 0.7, no_amp)
+    assert torch.allclose(ours.flatten(), ref.flatten(), atol=1e-4)
+
+
+def test_rows_stop_at_the_tokenizers_eos_even_when_the_generation_config_names_none(tiny):
+    """A model that says EOS at once: one-token completions (EOS kept in the mask, not in the text),
+    none truncated, although its generation_config names no EOS."""
+    tok = tiny[1]
+    model = with_biased_head(tiny[0], 100.0 * (torch.arange(len(tok)) == tok.eos_token_id))
+    model.generation_config.eos_token_id = None
+    torch.manual_seed(0)
+    out = progrs.generate(model, tok, [progrs.build_prompt("What is 3 + 4?")], 3, 8, 1.0, no_amp)
+    assert out["completion_mask"].sum(1).tolist() == [1, 1, 1]
+    assert out["truncated"].tolist() == [False] * 3 and out["texts"] == [""] * 3
+
+
+def test_each_prompt_of_a_batch_gets_the_completion_it_gets_alone(tiny):
+    """Prompts of different lengths in one batch (left padding): greedy completions as if each ran alone."""
+    model, tok = tiny
+    prompts = [progrs.build_prompt(q) for q in ("What is 3 + 4?", "What is 47 + 28 - 19 + 6 - 12 + 30?")]
+    assert len(set(len(tok(p)["input_ids"]) for p in prompts)) == 2
+    together = progrs.generate(model, tok, prompts, 1, 40, 0.0, no_amp)["texts"]
+    alone = [progrs.generate(model, tok, [p], 1, 40, 0.0, no_amp)["texts"][0] for p in prompts]
+    assert together == alone and all("Answer:" in t for t in alone)
+
+
+def run_recording_problems(tmp_path, monkeypatch, n_problems, *flags):
+    """main() on a file of n_problems problems, returning the questions each step's rollouts drew."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(n_problems)))
+    real, drawn = progrs.rollout_step, []
+
+    def recording(model, tokenizer, problems, *args):
+        drawn.append([p["question"] for p in problems])
+        return real(model, tokenizer, problems, *args)
+    monkeypatch.setattr(progrs, "rollout_step", recording)
+    progrs.main(["--data", str(data), "--eval-size", "1", "--eval-every", "100", "--group-size", "2",
+                 "--max-new-tokens", "8", "--out", str(tmp_path / "out"), *flags])
+    return drawn[1:]  # the first is the teaching view's group of step 0, not a training step
+
+
+def test_the_problems_of_a_run_are_a_fresh_shuffle_each_epoch(tmp_path, monkeypatch):
+    drawn = run_recording_problems(tmp_path, monkeypatch, 7, "--steps", "7", "--prompts-per-step", "2")
+    order = [q for step in drawn for q in step]
+    assert len(drawn) == 7 and all(len(step) == 2 for step in drawn)
+    questions = [f"What is {i} + 1?" for i in range(7)]
+    epochs = order[:7], order[7:]
+    assert sorted(epochs[0]) == sorted(questions)                     # each problem once per epoch
+    assert len(set(epochs[1])) == 7
+    assert epochs[0] != questions and epochs[1] != epochs[0]          # shuffled, and afresh
+
+
+def test_a_batch_with_zero_advantages_leaves_the_weights_unchanged(tmp_path, monkeypatch):
+    """No advantage, no change: no weight decay, no drift from anything but the policy gradient."""
+    real = progrs.rollout_step
+
+    def no_advantage(*args):
+        batch = real(*args)
+        batch["adv"] = torch.zeros_like(batch["adv"])
+        return batch
+    monkeypatch.setattr(progrs, "rollout_step", no_advantage)
+    progrs.main(small(tmp_path, "--eval-size", "1", "--lr", "0.01", "--warmup-steps", "0"))
+    from transformers import AutoModelForCausalLM
+    before = AutoModelForCausalLM.from_pretrained(TINY_MODEL).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_no_tracked_file_names_a_machine_path():
     """Run folders are named relative to the repo (out/...) or as "the run folder"."""
     tracked = subprocess.run(["git", "ls-files"], cwd=HERE, capture_output=True, text=True).stdout.split()
@@ -2077,6 +2169,19 @@ def test_trl_trainer_shares_the_quantile_rule_and_reads_lam_var(monkeypatch):
         want = progrs.score_completions(inputs, texts, ToyPRM(), 1, lam_var)
         assert got[:, 1].tolist() == pytest.approx(want["b"])
     assert want["b"][0] < progrs.score_completions(inputs, texts, ToyPRM(), 1, 0.0)["b"][0]  # lam_var acts
+
+
+def test_trl_trainer_warns_at_the_dominance_bound_of_its_mode_and_group(monkeypatch):
+    trl = pytest.importorskip("trl", reason=TRL_SKIP)
+    from trl_progrs import ProgrsGRPOTrainer
+    monkeypatch.setattr(trl.GRPOTrainer, "__init__", lambda self, *a, **k: setattr(self, "num_generations", 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                # below every bound: silent
+        ProgrsGRPOTrainer(prm=ToyPRM(), lam=1.0)
+        ProgrsGRPOTrainer(prm=ToyPRM(), mode="outcome", lam=100.0)
+    for mode, lam, bound in (("progrs", 2.6, "2.58"), ("progrs-strict", 1.4, "1.33"), ("absolute", 1.0, "1.00")):
+        with pytest.warns(UserWarning, match=f"lam {lam} >= {bound}, the bound for mode {mode} with G=8"):
+            ProgrsGRPOTrainer(prm=ToyPRM(), mode=mode, lam=lam)
 
 
 def test_quantile_labels_with_two_decimals_and_the_step_tag_flag_over_the_config(tmp_path):

@@ -5,7 +5,7 @@ verifier, split_steps, the toy PRM, check_args, apply_defaults, load_problems, r
 parse_gold, step_metrics, rollout_metrics, score_completions) are mutated by a tool, mutmut
 (tiny_task/mutation.sh), whose tests run in seconds. The rest loads models: rollouts, log-probs and
 the update, evaluation, train and --resume, main's checks, and the plumbing beside the tiny task
-(tiny_task/learned_prm.py, tiny_task/run_folder.py). Its tests take seconds to minutes each, too slow
+(tiny_task/learned_prm.py, run_folder.py, gsm8k.py) and the TRL trainer (tiny_task/trl_progrs.py). Its tests take seconds to minutes each, too slow
 for a tool that tries every operator; so here is a hand-written table of one-line bugs, each with the
 tests that should notice it. A few model-free pieces outside the tool's list ride along (completion_mask,
 quantile_index, pick_device, teaching_view).
@@ -29,7 +29,8 @@ import argparse, concurrent.futures, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-P, L, R = "progrs.py", "tiny_task/learned_prm.py", "tiny_task/run_folder.py"
+P, L, R, G = "progrs.py", "tiny_task/learned_prm.py", "tiny_task/run_folder.py", "tiny_task/gsm8k.py"
+T = "tiny_task/trl_progrs.py"
 
 # (file, what the bug is, the exact original text, its replacement, the tests that should notice: pytest -k)
 MUTANTS = [
@@ -225,10 +226,48 @@ MUTANTS = [
     # test's 12 problems never reach: its final comparison of the two runs' last checkpoints notices it
     (P, "--resume: the problem order's random stream is not restored",
      'order_rng.setstate(state["order_rng"])', "pass", "killed_after_a_checkpoint"),
+    # planted where no earlier test pointed (a second pass over the whole loop)
+    (P, "the problem queue is never consumed (the same prompts every step)",
+     "del queue[:args.prompts_per_step]", "pass", "problems_of_a_run"),
+    (P, "the training problems are taken in file order, never shuffled",
+     "queue.extend(order_rng.sample(range(len(train_set)), len(train_set)))",
+     "queue.extend(range(len(train_set)))", "problems_of_a_run"),
+    (P, "a biased LM head's bias is dropped from the log-probs",
+     "logits = (logits if bias is None else logits + bias.float()) / temperature",
+     "logits = logits / temperature", "biased_head"),
+    (P, "the tokenizer's own EOS is not a stop token",
+     "eos_ids = sorted({tokenizer.eos_token_id, *(", "eos_ids = sorted({*(", "tokenizers_eos"),
+    (P, "AdamW's default weight decay pulls every weight to zero",
+     "lr=args.lr, weight_decay=0.0)", "lr=args.lr)", "zero_advantages"),
+    (P, "prompts padded on the right for generation",
+     'tokenizer.padding_side = "left"', 'tokenizer.padding_side = "right"', "gets_alone"),
+    (P, "a resumed run's KL is to its checkpoint, not the initial model",
+     "load_model(args.model, device)[0].requires_grad_(False) if state and args.kl_coef else None", "None",
+     "killed_after_a_checkpoint"),
+    (P, "the clipped objective takes the max, not the min",
+     "per_token = -torch.min(ratio * a,", "per_token = -torch.max(ratio * a,", "ppo_clip or ppo_epoch"),
+    (P, "completion texts keep the special tokens (EOS) the mask kept",
+     "texts = [tokenizer.decode(c[m], skip_special_tokens=True)",
+     "texts = [tokenizer.decode(c[m], skip_special_tokens=False)", "tokenizers_eos"),
+    (L, "quantiles are not cumulated (they can cross)",
+     "torch.sigmoid(steps.float().cumsum(-1))", "torch.sigmoid(steps.float())", "quantile"),
+    (G, "GSM8K's download is checked by its line count only",
+     "if (got_lines, got_sha) != (lines, sha):", "if got_lines != lines:", "gsm8k"),
+    (T, "the TRL trainer never warns at the dominance bound", "if lam >= bound:", "if False:",
+     "trl_trainer_warns"),
+    (T, "the TRL trainer's reward columns swapped (b read as the outcome)",
+     'local = torch.tensor([s["correct"], s["b"]], dtype=torch.float32).T',
+     'local = torch.tensor([s["b"], s["correct"]], dtype=torch.float32).T', "trl_advantages"),
+    (T, "every TRL process keeps the first process's advantages",
+     "out[\"advantages\"] = adv[rank * n:(rank + 1) * n]", "out[\"advantages\"] = adv[:n]",
+     "trl_two_processes"),
     # equivalent on purpose: it cannot change a result, and is expected to survive
     (P, "EQUIVALENT: positions shifted by one for every row (RoPE sees only relative positions)",
      "position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)",
      "position_ids = attention_mask.cumsum(-1).clamp(min=0)", "forward_logprobs or sampling_ignores"),
+    (P, "EQUIVALENT: a stopped row is checked again (generate() pads a finished row, and a pad token ends "
+        "no line, so it never is)",
+     "if row in self.stopped: continue", "pass", "completions_end_at or completion_mask"),
 ]
 
 
