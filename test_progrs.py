@@ -603,6 +603,39 @@ def test_completion_mask_ends_at_the_answer_line_or_the_first_eos():
     mask, truncated = progrs.completion_mask(comp, [eos], torch.tensor([2, 0, 5]))
     assert mask.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert truncated.tolist() == [False, False, False]
+    mask, truncated = progrs.completion_mask(comp[:1], [eos], torch.tensor([1]))  # one token: "4\n"
+    assert mask.tolist() == [[1, 0, 0, 0, 0]] and truncated.tolist() == [False]
+
+
+def test_stop_at_answer_reads_a_token_beyond_the_tokenizer_as_no_line_end(tiny):
+    """Hub models pad their vocabulary past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens)."""
+    tok = tiny[1]
+    stop = progrs.StopAtAnswer(tok, 0)
+    newline = int(progrs.newline_tokens(tok).nonzero()[0])
+    answer = tok("Answer: 4")["input_ids"]
+    ids = torch.tensor([answer + [newline], answer + [len(tok)], answer + [len(tok) + 7]])
+    assert stop(ids).tolist() == [True, False, False]
+
+
+def test_policy_loss_adds_no_kl_unless_given_a_coefficient():
+    logp, old, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.1, -1.9]]), torch.tensor([[-3.0, -0.5]])
+    adv, mask = torch.tensor([0.7]), torch.ones(1, 2)
+    plain, _ = progrs.policy_loss(logp, old, adv, mask, 2)
+    with_ref, kl = progrs.policy_loss(logp, old, adv, mask, 2, ref_logp=ref)
+    assert with_ref == plain and kl > 0                               # logged, not trained
+    assert progrs.policy_loss(logp, old, adv, mask, 2, ref_logp=ref, kl_coef=0.5)[0] == plain + 0.5 * kl
+
+
+def test_a_batch_of_one_completion_token_is_averaged_over_that_one_token(tiny):
+    model, tok = tiny
+    batch = make_batch(model, tok, n=2)
+    batch["completion_mask"] = torch.zeros_like(batch["completion_mask"])
+    batch["completion_mask"][0, 0] = True
+    m = copy_of(model)
+    args = progrs.build_parser().parse_args(["--micro-batch", "8"])
+    stats = progrs.update_policy(m, torch.optim.SGD(m.parameters(), lr=0.0), batch, torch.tensor([0.5, -2.0]),
+                                 args, no_amp)
+    assert stats["loss"] == pytest.approx(-0.5)                      # -A * ratio (1) over 1 token
 
 
 def never_stopping(model, tok):
@@ -627,6 +660,10 @@ def test_completions_end_at_their_answer_line_even_on_a_model_that_never_stops(t
             n_answered += 1
             assert found.ended and found.end == len(text) and not trunc and n < 64
     assert n_answered >= 6
+    # each answered row's mask ends on the token that ends its answer line, whatever the others did
+    kept = [row[m] for row, m in zip(batch["input_ids"][:, batch["prompt_len"]:], batch["completion_mask"])]
+    ends = [bool(progrs.newline_tokens(tok)[row[-1]]) for row, t in zip(kept, batch["texts"]) if progrs.find_answer(t)]
+    assert all(ends) and len({len(row) for row in kept}) > 1
     # the same rollouts without the stop run to the cap: what the answer-line rule cuts off
     enc = tok(prompts, return_tensors="pt", padding=True)
     torch.manual_seed(0)

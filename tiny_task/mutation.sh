@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Generated mutants (mutmut 3) of progrs.py's model-free functions, killed by the model-free tests.
-# Test-only extra: pip install "mutmut>=3.8,<4". Usage: bash tiny_task/mutation.sh
+# Generated mutants (mutmut 3) of progrs.py's model-free functions, killed by the model-free tests;
+# with the argument `update`, of the rollout and update code (generate, the mask, log-probs, the loss
+# and the optimizer step), killed by the tests that run them on the tiny model.
+# Test-only extra: pip install "mutmut>=3.8,<4". Usage: bash tiny_task/mutation.sh [update]
 # Works on a copy of the checkout (MUT_DIR, default a new temp folder), never on the checkout itself.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +59,16 @@ pure="centering_incorrect or centering_preserves or centering_ignores or centeri
   test_toy_prm_quantiles_are_the_beta_quantiles_with_4_pseudo_counts or
   test_score_completions_trace_errors_steps_judged_and_lam_var or
   test_step_metrics_logs_exactly_these_keys_and_the_float32_mean_b"
+classes=(ToyPRM)
+if [ "${1:-}" = update ]; then
+  functions="completion_mask newline_tokens generate _head_logprobs token_logprobs policy_loss update_policy"
+  classes=(StopAtAnswer)
+  pure="completion_mask or forward_logprobs or generate_rollouts or same_gradient or one_update_raises or
+    completions_end_at or sampling_ignores or supervised_gradient or ppo_clip or k3_kl or bf16_autocast or
+    chat_prompts_get or gradient_clipping or each_ppo_epoch or kl_to_the_reference or
+    update_reads_log_probs or entropy_is or non_finite_gradient or biased_head or tokenizers_eos or
+    gets_alone or trl_dapo_gradient or beyond_the_tokenizer or no_kl_unless or one_completion_token"
+fi
 cat > setup.cfg <<CFG
 [mutmut]
 source_paths = progrs.py
@@ -69,7 +81,8 @@ CFG
 # the GSM8K rationales test, when the shared copy is beside the checkout
 gsm8k="$root/../shared/data/gsm8k_test.jsonl"
 [ -f "$gsm8k" ] && export PROGRS_GSM8K_TEST="$gsm8k"
-names=(progrs.xǁToyPRMǁ*)
+names=()
+for c in "${classes[@]}"; do names+=("progrs.xǁ${c}ǁ*"); done
 for f in $functions; do names+=("progrs.x_${f}__mutmut_*"); done
 mutmut run --max-children "${MUT_CHILDREN:-2}" "${names[@]}" || echo "mutmut run exited $?"
 mutmut results --all true | python3 -c '
