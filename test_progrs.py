@@ -2091,6 +2091,44 @@ def with_biased_head(model, bias):
     return model
 
 
+def test_check_source_names_what_is_wrong_with_a_model_folder_before_any_loading(tmp_path):
+    expected = "(expected a hub id or a saved model's folder: config.json, weights and tokenizer files)"
+    a_file, bare, no_tok = tmp_path / "f.txt", tmp_path / "bare", tmp_path / "no_tok"
+    a_file.write_text("x")
+    bare.mkdir()
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text("{}")
+    for name, problem in ((a_file, "a file"), (tmp_path / "missing", "no such folder"),
+                          ("no_such_model_folder", "no such folder"), ("./no_such_model", "no such folder"),
+                          (bare, "no config.json in this folder"), (no_tok, "no tokenizer files in this folder")):
+        with pytest.raises(progrs.ProgrsError) as e:
+            progrs.check_source("--prm", str(name))
+        assert str(e.value) == f"--prm {name}: {problem} {expected}"
+    for fine in ("Qwen/Qwen2.5-0.5B", "org/name.v2", str(TINY_MODEL)):   # hub ids, a saved folder
+        progrs.check_source("--model", fine)
+
+
+def test_first_line_of_an_error_is_its_first_line_or_its_type():
+    assert progrs.first_line(OSError("disk full\nmore")) == "disk full"
+    assert progrs.first_line(ValueError()) == "ValueError" and progrs.first_line(ValueError(" \n ")) == "ValueError"
+
+
+def test_a_model_whose_logits_are_not_a_linear_head_is_refused(monkeypatch):
+    """token_logprobs computes the head itself; logits scaled or capped after it (Gemma-2's soft cap)
+    would make its log-probs the wrong ones, so load_model compares the two and refuses."""
+    from transformers import Qwen2ForCausalLM
+    real = Qwen2ForCausalLM.forward
+
+    def capped(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        out.logits = 30.0 * torch.tanh(out.logits / 30.0)
+        return out
+    progrs.load_model(str(TINY_MODEL), torch.device("cpu"))             # as it is: accepted
+    monkeypatch.setattr(Qwen2ForCausalLM, "forward", capped)
+    with pytest.raises(progrs.ProgrsError, match="its logits are not a linear head on the last hidden state"):
+        progrs.load_model(str(TINY_MODEL), torch.device("cpu"))
+
+
 def test_a_biased_head_is_read_with_its_bias(tiny):
     """token_logprobs reads the head as weight and bias; a model whose LM head has a bias gets it."""
     bias = torch.randn(len(tiny[1]), generator=torch.Generator().manual_seed(0)) * 3

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Generated mutants (mutmut 3) of progrs.py's model-free functions, killed by the model-free tests;
-# with the argument `update`, of the rollout and update code (generate, the mask, log-probs, the loss
-# and the optimizer step), killed by the tests that run them on the tiny model.
-# Test-only extra: pip install "mutmut>=3.8,<4". Usage: bash tiny_task/mutation.sh [update]
+# with the argument `update`, of the rollout and update code (the mask, log-probs, the loss and the
+# optimizer step), killed by the tests that run them on the tiny model; with `loop`, of the training
+# loop, the loaders and main, killed by whichever tests reach them.
+# Test-only extra: pip install "mutmut>=3.8,<4". Usage: bash tiny_task/mutation.sh [update | loop]
 # Works on a copy of the checkout (MUT_DIR, default a new temp folder), never on the checkout itself.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +69,12 @@ if [ "${1:-}" = update ]; then
     chat_prompts_get or gradient_clipping or each_ppo_epoch or kl_to_the_reference or
     update_reads_log_probs or entropy_is or non_finite_gradient or biased_head or tokenizers_eos or
     gets_alone or trl_dapo_gradient or beyond_the_tokenizer or no_kl_unless or one_completion_token"
+elif [ "${1:-}" = loop ]; then
+  functions="rollout_step teaching_view train build_prompt check_source from_pretrained is_causal_lm
+    pick_device load_model quantile_index build_prm main first_line"
+  classes=()
+  # every test but those that read progrs.py's text (mutmut rewrites it) or start two processes
+  pure="not trl_two_processes and not copy_pasteable and not readme_"
 fi
 cat > setup.cfg <<CFG
 [mutmut]
