@@ -1357,6 +1357,18 @@ def test_kl_to_the_reference_model_is_logged_and_trained(tiny):
     assert stats["grad_norm"] > 0
 
 
+def test_a_run_with_kl_coef_measures_kl_to_the_initial_model_and_a_plain_run_logs_no_kl(tmp_path):
+    """train() keeps a frozen copy of the model it starts from: KL 0 at the first update (the policy is the
+    reference), above 0 once the policy has moved. Without --kl-coef no reference exists, no kl is logged."""
+    steps = []
+    for name, flags in (("kl", ["--kl-coef", "0.1"]), ("plain", [])):
+        progrs.main(small(tmp_path / name, "--eval-size", "1", "--steps", "3", "--lr", "0.003", *flags))
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        steps.append([r for r in rows if "train_accuracy" in r])
+    assert [r["kl"] for r in steps[0]][0] == 0.0 and all(r["kl"] > 0 for r in steps[0][1:])
+    assert not any("kl" in r for r in steps[1])
+
+
 def test_the_update_reads_log_probs_at_the_sampling_temperature(tiny):
     """With A = 1 the gradient is that of the mean NLL of softmax(logits / T) at the run's --temperature."""
     model, tok = tiny
