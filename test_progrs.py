@@ -2910,3 +2910,136 @@ def test_step_metrics_logs_exactly_these_keys_and_the_float32_mean_b():
                       "dominance_violations", "completion_tokens", "truncated", "unscorable",
                       "all_wrong_push_to_fluent"}
     assert m["process_score"] == float(batch["b_grid"].mean())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Survivors of the loop's mutation run (tiny_task/mutation.sh loop): the wiring between main, the
+# loaders, rollout_step and train, each pinned where a wrong value would still run
+
+def test_teaching_view_prints_this_table():
+    """The most mixed group (2 of 4 right beats 1 of 4 and 4 of 4), its rows in order, the first 6 step
+    scores (NaN as -), completions on one line cut to 60 characters, the question to 200."""
+    correct = torch.tensor([[True] * 4, [True, False, False, False], [True, True, False, False]])
+    b = torch.tensor([[0.9] * 4, [0.8, 0.1, 0.2, 0.3], [0.91, 0.42, 0.87, 0.3]])
+    adv, a_out, c = compute_advantages(correct, b, "progrs", 1.0)
+    texts = [f"row {r}" for r in range(12)]
+    texts[8] = "2 + 2 = 4\nAnswer: 4\n"
+    texts[9] = "x" * 60                                                # kept whole
+    texts[10] = "y" * 61                                               # cut
+    scores = [[0.5]] * 12
+    scores[8] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    scores[9] = [math.nan, 0.25]
+    fluent = torch.zeros(3, 4, dtype=torch.bool)
+    fluent[2, 2] = True
+    batch = dict(correct=correct, b_grid=b, adv=adv, a_out=a_out, c=c, texts=texts, step_scores=scores,
+                 fluent=fluent)
+    problems = [{"question": "q0", "gold": "0"}, {"question": "q1", "gold": "1"},
+                {"question": "Q" * 205, "gold": "4"}]
+    want = [f"question: {'Q' * 200}   gold: 4",
+            " ok step scores                  b      c  A_out      A  completion",
+            "yes 0.10 0.20 0.30 0.40 0.50 0.60  0.91  +0.91  +1.00  +1.91  2 + 2 = 4 | Answer: 4",
+            f"yes   -  0.25                 0.42  +0.42  +1.00  +1.42  {'x' * 60}",
+            f"no* 0.50                      0.87  +0.28  -1.00  -0.71  {'y' * 57}...",  # 0.285 in float32
+            " no 0.50                      0.30  -0.29  -1.00  -1.28  row 11",
+            "no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts"]
+    assert progrs.teaching_view(batch, problems).splitlines() == want
+
+
+def test_pick_device_reads_cuda_indices_and_bf16_against_the_devices_there(monkeypatch):
+    """With CUDA faked present: auto is cuda with bf16; cuda:N needs N < the device count; --dtype fp32
+    turns autocast off; --device cpu stays on the CPU; other device types are one line naming --device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def picked(count, *flags):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        args = progrs.build_parser().parse_args(list(flags))
+        try:
+            return progrs.pick_device(args)
+        except progrs.ProgrsError as e:
+            assert str(e).startswith(f"--device {args.device}: not available") and "\n" not in str(e)
+            return "refused"
+    assert picked(1) == (torch.device("cuda"), True)
+    assert picked(1, "--device", "cuda") == (torch.device("cuda"), True)
+    assert picked(1, "--device", "cuda:0", "--dtype", "fp32") == (torch.device("cuda:0"), False)
+    assert picked(1, "--device", "cuda:1") == "refused"
+    assert picked(2, "--device", "cuda:1") == (torch.device("cuda:1"), True)
+    assert picked(2, "--device", "cuda:2") == "refused"
+    assert picked(2, "--device", "cpu") == (torch.device("cpu"), False)
+    assert picked(2, "--device", "mps") == picked(2, "--device", "gpu") == "refused"
+
+
+def test_from_pretrained_loads_fp32_weights_and_gives_a_tokenizer_without_pad_its_eos(tmp_path):
+    """fp32 master weights from a bf16 checkpoint; pad = EOS when the tokenizer names no pad; a missing
+    folder is one line naming the flag it came from."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM.from_pretrained(TINY_MODEL, dtype=torch.bfloat16).save_pretrained(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "m")
+    assert AutoTokenizer.from_pretrained(tmp_path / "m").pad_token is None
+    model, tok = progrs.load_model(str(tmp_path / "m"), torch.device("cpu"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert tok.pad_token == tok.eos_token is not None and tok.padding_side == "left"
+    with pytest.raises(progrs.ProgrsError, match=r"^--prm \S+nowhere: no such folder"):
+        progrs.load_model(str(tmp_path / "nowhere"), torch.device("cpu"), flag="--prm")
+
+
+def test_build_prompt_gives_the_chat_template_one_user_message(tiny):
+    """--chat: one message, role user, content the instruction and the question, then the generation
+    prompt; a tokenizer without a template is one line naming --chat."""
+    tok = copy.deepcopy(tiny[1])
+    with pytest.raises(progrs.ProgrsError, match="^--chat: this tokenizer has no chat template"):
+        progrs.build_prompt("What is 2 + 2?", tok, chat=True)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    prompt = progrs.build_prompt("What is 2 + 2?", tok, chat=True)
+    assert prompt == f"<user>{progrs.INSTRUCTION}\nWhat is 2 + 2?\n<assistant>"
+
+
+def test_rollout_step_hands_generate_the_runs_prompts_and_sampling_settings(monkeypatch):
+    """generate gets each problem's prompt once, G, --max-new-tokens, --temperature, the run's autocast
+    and --chat; t_generate and t_score are the two phases' wall times."""
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, n, max_new_tokens, temperature, amp, chat):
+        seen.append((prompts, n, max_new_tokens, temperature, amp, chat))
+        time.sleep(0.05)
+        return dict(texts=["Answer: 1"] * (len(prompts) * n))
+    monkeypatch.setattr(progrs, "generate", fake_generate)
+    args = progrs.build_parser().parse_args(["--group-size", "3", "--max-new-tokens", "17",
+                                             "--temperature", "0.6"])
+    problems = [{"question": f"What is {i} + 1?", "gold": "1"} for i in range(2)]
+    start = time.perf_counter()
+    batch = progrs.rollout_step(None, None, problems, args, ToyPRM(), no_amp)
+    took = time.perf_counter() - start
+    assert seen == [([progrs.build_prompt(p["question"]) for p in problems], 3, 17, 0.6, no_amp, False)]
+    assert 0.05 <= batch["t_generate"] and 0 <= batch["t_score"]
+    assert batch["t_generate"] + batch["t_score"] <= took
+
+
+def test_main_hands_train_the_model_data_prm_and_autocast_it_built(tmp_path, monkeypatch):
+    """main builds, and train receives: the fp32 model on the device, the train file whole and the eval
+    file cut to --eval-size, a learned PRM read with --prm-tag / --prm-tokens and the run's autocast,
+    bf16 only when asked for on a CPU; a fresh --kl-coef run loads no second model (train copies it)."""
+    seen = {}
+
+    def fake_train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref_model=None):
+        seen.update(model=model, train_set=train_set, eval_set=eval_set, amp=amp, prm=prm, state=state,
+                    ref_model=ref_model)
+    monkeypatch.setattr(progrs, "train", fake_train)
+    prm_path = save_step_tag_prm(tmp_path / "prm", tag="<alt>")      # its config names no tag
+    progrs.main(["--prm", str(prm_path), "--prm-tag", "<alt>", "--prm-tokens=-,+", "--dtype", "bf16",
+                 "--eval-size", "5", "--kl-coef", "0.1", "--out", str(tmp_path / "a")])
+    amp = seen["amp"]
+    assert amp.func is torch.autocast and amp.args == ("cpu",)
+    assert amp.keywords == dict(dtype=torch.bfloat16, enabled=True)
+    prm = seen["prm"]
+    minus, plus = (prm.tokenizer.encode(t, add_special_tokens=False)[0] for t in "-+")
+    assert prm.tag == "<alt>" and prm.good_bad == [minus, plus] and prm.amp is amp
+    assert seen["train_set"] == load_problems(HERE / "tiny_task" / "train.jsonl")
+    assert seen["eval_set"] == load_problems(HERE / "tiny_task" / "test.jsonl")[:5]
+    assert {p.device.type for p in seen["model"].parameters()} == {"cpu"}
+    assert {p.dtype for p in seen["model"].parameters()} == {torch.float32}
+    assert seen["state"] is None and seen["ref_model"] is None
+    progrs.main(["--out", str(tmp_path / "b")])
+    assert seen["amp"].keywords == dict(dtype=torch.bfloat16, enabled=False)
