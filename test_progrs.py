@@ -959,6 +959,8 @@ def test_end_to_end_writes_metrics_and_loadable_checkpoint_and_is_reproducible(t
     for name, flags in (("a", ()), ("b", ("--eval-every", "2", "--eval-samples", "2"))):
         proc = short_run(tmp_path / name, *flags)
         assert proc.returncode == 0, proc.stderr[-2000:]
+        if name == "a":                                               # no sampled pass@1 in its eval lines
+            assert re.search(r"^step 2: greedy pass@1 \S+ on 16 problems, trace errors ", proc.stdout, re.M)
         lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs.append([{k: v for k, v in r.items() if not k.startswith(("t_", "eval_sampled"))}
                      for r in lines])
@@ -3043,3 +3045,60 @@ def test_main_hands_train_the_model_data_prm_and_autocast_it_built(tmp_path, mon
     assert seen["state"] is None and seen["ref_model"] is None
     progrs.main(["--out", str(tmp_path / "b")])
     assert seen["amp"].keywords == dict(dtype=torch.bfloat16, enabled=False)
+
+
+def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_and_last_eval(
+        tmp_path, monkeypatch):
+    """Each step and eval line reaches metrics.jsonl (flushed) before its log line, which says what the line
+    holds; evals at 0, every --eval-every and the last step; the step-0 table shows the first training
+    problem; the summary gives sampled then greedy pass@1, first to last eval; train returns those two
+    evals; the checkpoint holds every stream --resume reads, and the optimizer's lr is --lr's."""
+    real, seen, result = progrs.train, [], {}
+    out = tmp_path / "run"
+
+    def logged(message):
+        seen.append((message, (out / "metrics.jsonl").read_text()))
+
+    def recording(*args, **kwargs):
+        result.update(real(*args, **kwargs, log=logged))
+    monkeypatch.setattr(progrs, "train", recording)
+    start = time.perf_counter()
+    progrs.main(small(out, "--steps", "3", "--eval-every", "2", "--eval-samples", "2", "--save-every", "3",
+                      "--max-new-tokens", "48", "--lr", "0.0003", "--warmup-steps", "0"))
+    took = time.perf_counter() - start
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_accuracy" in r]
+    assert evals[1] != evals[2] != evals[0]                             # the summary's two ends differ
+    assert [r["step"] for r in evals] == [0, 2, 3] and [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    messages = [m for m, _ in seen]
+    for r in rows:
+        if "eval_accuracy" in r:
+            line = (f"step {r['step']}: greedy pass@1 {r['eval_accuracy']:.1%} on 4 problems, sampled pass@1 "
+                    f"{r['eval_sampled_accuracy']:.1%} (2/problem), trace errors "
+                    f"{r['eval_trace_error_rate']:.1%} of right answers, {r['eval_steps_per_answer']:.2f} "
+                    "steps/answer")
+            assert 0 <= r["t_eval"] <= took
+        else:
+            line = (f"step {r['step']}: train accuracy {r['train_accuracy']:.2f}, b {r['process_score']:.2f}, "
+                    f"fluent failures {r['fluent_failure_rate'] or 0:.2f}, entropy {r['entropy']:.3f}")
+            assert all(r[k] >= 0 for k in ("t_generate", "t_score", "t_update"))
+            assert r["t_generate"] + r["t_score"] + r["t_update"] <= took
+        i = messages.index(line)
+        assert json.dumps(r) in seen[i][1].splitlines()               # written and flushed before the log
+    train_set = load_problems(HERE / "tiny_task" / "train.jsonl")
+    assert messages[1].startswith(f"question: {train_set[0]['question'][:200]}   gold:")
+    first, last = ({k: v for k, v in r.items() if k not in ("step", "t_eval")} for r in (evals[0], evals[-1]))
+    assert result == dict(before=first, after=last)
+    for name, key in (("sampled", "eval_sampled_accuracy"), ("greedy", "eval_accuracy")):
+        assert (f"{name} pass@1: {first[key]:.1%} -> {last[key]:.1%} ({100 * (last[key] - first[key]):+.1f} "
+                "points), 4 problems, 3 steps, mode progrs, lam 1.0") in messages[-2:]
+    assert messages[-1].startswith("greedy pass@1")
+    state = torch.load(out / "model" / "progrs_state.pt", weights_only=False)
+    assert set(state) == {"step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics",
+                          "torch_rng", "cuda_rng"}
+    assert state["step"] == 3 and state["metrics"] == (out / "metrics.jsonl").read_text()
+    assert state["cuda_rng"] == [] and state["torch_rng"].dtype == torch.uint8
+    assert state["schedule"]["base_lrs"] == [3e-4] and state["schedule"]["last_epoch"] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == 3e-4
+    assert isinstance(state["order_rng"], tuple) and all(isinstance(i, int) for i in state["queue"])
+    assert len(state["queue"]) == len(train_set) - 3 * 2 and isinstance(state["right_pool"], list)
