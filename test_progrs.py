@@ -3079,8 +3079,9 @@ def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_
                     "steps/answer")
             assert 0 <= r["t_eval"] <= took
         else:
-            line = (f"step {r['step']}: train accuracy {r['train_accuracy']:.2f}, b {r['process_score']:.2f}, "
-                    f"fluent failures {r['fluent_failure_rate'] or 0:.2f}, entropy {r['entropy']:.3f}")
+            line = (f"step {r['step']}: train accuracy {r['train_accuracy']:.2f}, "
+                    f"b {r['process_score']:.2f}, fluent failures {r['fluent_failure_rate'] or 0:.2f}, "
+                    f"entropy {r['entropy']:.3f}")
             assert all(r[k] >= 0 for k in ("t_generate", "t_score", "t_update"))
             assert r["t_generate"] + r["t_score"] + r["t_update"] <= took
         i = messages.index(line)
