@@ -3019,7 +3019,7 @@ def test_rollout_step_hands_generate_the_runs_prompts_and_sampling_settings(monk
     assert batch["t_generate"] + batch["t_score"] <= took
 
 
-def test_main_hands_train_the_model_data_prm_and_autocast_it_built(tmp_path, monkeypatch):
+def test_main_hands_train_the_model_data_prm_and_autocast_it_built(tmp_path, monkeypatch, capsys):
     """main builds, and train receives: the fp32 model on the device, the train file whole and the eval
     file cut to --eval-size, a learned PRM read with --prm-tag / --prm-tokens and the run's autocast,
     bf16 only when asked for on a CPU; a fresh --kl-coef run loads no second model (train copies it)."""
@@ -3043,8 +3043,19 @@ def test_main_hands_train_the_model_data_prm_and_autocast_it_built(tmp_path, mon
     assert {p.device.type for p in seen["model"].parameters()} == {"cpu"}
     assert {p.dtype for p in seen["model"].parameters()} == {torch.float32}
     assert seen["state"] is None and seen["ref_model"] is None
-    progrs.main(["--out", str(tmp_path / "b")])
+    n = sum(p.numel() for p in seen["model"].parameters())
+    head, flags = capsys.readouterr().out.splitlines()[:2]
+    assert head == (f"model {TINY_MODEL}: {n / 1e6:.2f}M parameters, cpu (bf16 autocast); tiny defaults "
+                    f"(in tiny_task/); {len(seen['train_set'])} train / 5 eval problems; PRM {prm_path}, "
+                    "tau 0.5")
+    config = (tmp_path / "a" / "config.json").read_text()
+    assert json.loads(flags) == json.loads(config)
+    assert config.startswith('{\n  "model": ')                        # indent 2: readable
+    progrs.main(["--out", str(tmp_path / "b"), "--defaults", "tiny"])
     assert seen["amp"].keywords == dict(dtype=torch.bfloat16, enabled=False)
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith(f"model {TINY_MODEL}: {n / 1e6:.2f}M parameters, cpu; tiny defaults "
+                           "(--defaults tiny);")
 
 
 def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_and_last_eval(
