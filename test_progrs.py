@@ -3079,7 +3079,8 @@ def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_
     took = time.perf_counter() - start
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_accuracy" in r]
-    assert evals[1] != evals[2] != evals[0]                             # the summary's two ends differ
+    values = [{k: v for k, v in r.items() if k not in ("step", "t_eval")} for r in evals]
+    assert values[0] != values[1] != values[2] != values[0]             # the summary's two ends differ
     assert [r["step"] for r in evals] == [0, 2, 3] and [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     messages = [m for m, _ in seen]
     for r in rows:
@@ -3099,7 +3100,7 @@ def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_
         assert json.dumps(r) in seen[i][1].splitlines()               # written and flushed before the log
     train_set = load_problems(HERE / "tiny_task" / "train.jsonl")
     assert messages[1].startswith(f"question: {train_set[0]['question'][:200]}   gold:")
-    first, last = ({k: v for k, v in r.items() if k not in ("step", "t_eval")} for r in (evals[0], evals[-1]))
+    first, last = values[0], values[-1]
     assert result == dict(before=first, after=last)
     for name, key in (("sampled", "eval_sampled_accuracy"), ("greedy", "eval_accuracy")):
         assert (f"{name} pass@1: {first[key]:.1%} -> {last[key]:.1%} ({100 * (last[key] - first[key]):+.1f} "
