@@ -2,9 +2,9 @@
 progrs.py: PROGRS (Process Rewards for Outcome-Guided Steps) in one file.
 
 GRPO on math problems where a step-level process reward model (PRM) adds credit while the verified
-final answer stays in charge. The key move is outcome-conditioned centering: inside each prompt's group
-of rollouts, the process scores b of the *incorrect* rollouts are shifted to zero mean, so the PRM can
-rank wrong answers against each other but can never lift wrong answers as a class above right ones.
+final answer stays in charge. The key move is outcome-conditioned centering: inside each prompt's
+group of rollouts, the process scores b of the *incorrect* rollouts are shifted to zero mean, so the
+PRM can rank wrong answers against each other but can never lift wrong answers as a class.
 
     pip install -r requirements.txt && python progrs.py   # the tiny model in tiny_task/, CPU, offline
     python progrs.py --mode outcome                  # plain GRPO, for comparison
@@ -14,18 +14,37 @@ rank wrong answers against each other but can never lift wrong answers as a clas
     pytest test_progrs.py
 
 Read top to bottom: the PROGRS idea as pure functions, then the pipeline in the order a step runs.
-From the paper (arXiv 2604.02341; we read its abstract): GRPO with verifiable outcome rewards and a step-
-level PRM, the outcome in charge; centering among each group's incorrect rollouts; a frozen quantile-
-regression PRM; multi-scale coherence, mu * exp(-lam_var * sigma / mu). Our reading, where the abstract is
-silent (marked "our reading" in the code): A = A_out + lam * c, right rollouts keeping b; the verified
-answer is the first committed answer line, and decoding stops there; steps are the lines before it;
-windows of 2 and 4 judged steps; the default PRM is a toy that checks each step's arithmetic, read at its
-lowest quantile. Left out: a value network; by default, a KL to a reference model (--kl-coef) and more
-than one update per batch (--ppo-epochs > 1 clips the ratio). Plumbing that a reader can skip lives
-beside the tiny task: GSM8K's download, learned PRMs, the run folder (tiny_task/*.py).
+This file is the whole trainer and imports nothing from its repository: copy it alone and it runs.
+
+From the paper (arXiv 2604.02341; we read its abstract): GRPO with verifiable outcome rewards and a
+step-level PRM, the outcome in charge; centering among each group's incorrect rollouts; a frozen
+quantile-regression PRM; multi-scale coherence, mu * exp(-lam_var * sigma / mu).
+Our reading, where the abstract is silent (marked "our reading" in the code): A = A_out + lam * c,
+right rollouts keeping b; the verified answer is the first committed answer line, and decoding stops
+there; steps are the lines before it; windows of 2 and 4 judged steps; the default PRM is a toy that
+checks each step's arithmetic, read at its lowest quantile.
+Left out: a value network; by default, a KL to a reference model (--kl-coef) and more than one update
+per batch (--ppo-epochs > 1 clips the ratio).
 """
-import argparse, ast, collections, contextlib, copy, functools, json, math, operator
-import logging, os, random, re, sys, time
+import argparse
+import ast
+import collections
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import logging
+import math
+import operator
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -34,10 +53,10 @@ import numpy as np
 import torch
 import torch.utils.checkpoint
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The PROGRS idea, as pure functions of (P, G) tensors: P prompts, G rollouts each (torch only)
-# Each rollout has an outcome r in {0, 1} (the verifier) and a process score b in [0, 1] (the PRM's step
-# scores, combined by coherence_score). The advantage of rollout j of prompt i:
+# Each rollout has an outcome r in {0, 1} (the verifier) and a process score b in [0, 1] (the PRM's
+# step scores, combined by coherence_score). The advantage of rollout j of prompt i:
 #     A_out_ij = (r_ij - mean_j r_i) / (std_j r_i + eps)    GRPO's outcome advantage (population std)
 #     c_ij     = b_ij - mean{ b_ik : r_ik = 0 }   if r_ij = 0        the centered bonus
 #     c_ij     = b_ij                             if r_ij = 1        (our reading: right ones keep b)
@@ -66,22 +85,31 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
     return torch.where(wrong, x - wrong_mean, x).to(scores.dtype)           # (P, G)
 
 ADV_EPS = 1e-6
+MODES = ("progrs", "outcome", "absolute", "progrs-strict")
 
 def group_normalize(rewards: torch.Tensor, eps: float = ADV_EPS) -> torch.Tensor:
     """(r - mean) / (std + eps) within each row: (P, G) -> (P, G). Uniform rows give 0."""
-    return (rewards - rewards.mean(-1, keepdim=True)) / (rewards.std(-1, keepdim=True, correction=0) + eps)
+    mean = rewards.mean(-1, keepdim=True)                                   # (P, 1)
+    std = rewards.std(-1, keepdim=True, correction=0)                       # (P, 1), population
+    return (rewards - mean) / (std + eps)
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
 
 def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: float):
     """(P, G) outcomes and process scores -> (advantages A, A_out, centered bonus c), each (P, G).
-    progrs: A = A_out + lam * c, and where c acts depends on the group:
-      mixed:     A_out separates right from wrong; c only orders rollouts within each outcome class;
+    progrs: A = A_out + lam * c, and what c does depends on the group:
+      mixed:     A_out separates right from wrong; c ranks the wrong rollouts among themselves, and
+                 lifts every right rollout by lam * b (right rollouts keep b, our reading);
       all wrong: A_out = 0, so c is the whole signal: which wrong answers had better steps;
-      all right: A_out = 0; right rollouts keep b (our reading), a push to each (the offset).
+      all right: A_out = 0; right rollouts keep b, a push to each (the offset).
     outcome: plain GRPO. absolute: (r + lam * b) normalised in the group: right scores >= 1, wrong
-    <= lam, so wrong passes right only for lam >= 1; at lam = 1 its harm is in all-wrong groups, where
-    the std division gives a lone fluent failure a unit-scale push (b 0.63 among seven 0.02s: A = +2.65,
-    as much as a lone right answer; progrs gives it c = +0.53). progrs-strict (our stricter reading):
-    right rollouts are centred among themselves too, so there is no offset.
+    <= lam, so at lam = 1 a wrong rollout with b = 1 ties a right one with b = 0, and passes it
+    beyond; at lam = 1 its harm is in all-wrong groups, where the std division gives a lone fluent
+    failure a unit-scale push (b 0.63 among seven 0.02s: A = +2.65, as much as a lone right answer;
+    progrs gives it c = +0.53). progrs-strict (our stricter reading): right rollouts are centred
+    among themselves too, so there is no offset and no lift.
 
     A mixed group, an all-wrong group and an all-right group (G = 4, lam = 1):
     >>> ok = torch.tensor([[True, False, False, False], [False] * 4, [True] * 4])
@@ -91,34 +119,42 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
     [[ 1.73 -0.58 -0.58 -0.58]
      [ 0.    0.    0.    0.  ]
      [ 0.    0.    0.    0.  ]]
-    >>> print(c.numpy().round(2))           # wrong rollouts centred among themselves; right ones keep b
+    >>> print(c.numpy().round(2))       # wrong rollouts centred among themselves; right ones keep b
     [[ 0.6  0.3 -0.1 -0.2]
      [ 0.3 -0.1 -0.1 -0.1]
      [ 0.6  0.6  0.3  0.3]]
-    >>> print(adv.numpy().round(2))         # the fluent wrong rollout (-0.28) stays below the right one
+    >>> print(adv.numpy().round(2))     # the fluent wrong rollout (-0.28) stays below the right one
     [[ 2.33 -0.28 -0.68 -0.78]
      [ 0.3  -0.1  -0.1  -0.1 ]
      [ 0.6   0.6   0.3   0.3 ]]
     """
+    check_mode(mode)
     r = correct.float()
     a_out = group_normalize(r)
     c = outcome_conditioned_centering(b, correct)
     if mode == "progrs-strict":  # the same centering, roles swapped, centres the right rollouts too
         c = torch.where(correct.bool(), outcome_conditioned_centering(b, ~correct.bool()), c)
-    if mode == "outcome": return a_out, a_out, c
-    if mode == "absolute": return group_normalize(r + lam * b), a_out, c
+    if mode == "outcome":
+        return a_out, a_out, c
+    if mode == "absolute":
+        return group_normalize(r + lam * b), a_out, c
     return a_out + lam * c, a_out, c
 
-# Dominance: with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1 / (sqrt(p(1-p)) + eps), which lam
-# times the widest right-wrong c gap can close; below max_dominant_lam right stays above wrong (at it, a tie):
+# Dominance: with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1 / (sqrt(p(1-p)) + eps),
+# which lam times the widest right-wrong gap in c can close; below max_dominant_lam right stays
+# above wrong (at it, a tie). The bounds assume b in [0, 1] and the population std above:
 #   progrs:        right c = b >= 0, wrong c <= (n-1)/n (n = G - k wrong)  -> 2.58 at G = 8
 #   progrs-strict: right c >= -(k-1)/k as well                              -> 1.33 at G = 8, 1.03 at 64
 #   absolute:      right r + lam*b >= 1, wrong <= lam                       -> 1 at any G
+# A sample std (TRL's GRPO) shrinks the outcome gap by sqrt((G-1)/G): 2.42, not 2.58, at G = 8.
 
 def max_dominant_lam(group_size: int, mode: str = "progrs", eps: float = ADV_EPS) -> float:
-    """The largest lam for which `mode` keeps every right rollout above every wrong one (b in [0, 1])."""
-    if mode == "outcome": return math.inf
-    if mode == "absolute": return 1.0
+    """The largest lam for which `mode` keeps every right rollout above every wrong one."""
+    check_mode(mode)
+    if mode == "outcome":
+        return math.inf
+    if mode == "absolute":
+        return 1.0
     bounds = []
     for k in range(1, group_size):  # k right, n = G - k wrong
         n = group_size - k
@@ -132,24 +168,28 @@ def dominance_violations(adv: torch.Tensor, correct: torch.Tensor) -> int:
     pair = correct.bool().unsqueeze(-1) & ~correct.bool().unsqueeze(-2)      # (P, G_i, G_j)
     return int((pair & (adv.unsqueeze(-2) >= adv.unsqueeze(-1))).sum())
 
-# Coherence: b = the mean over window sizes W of the mean over sliding windows (our reading) of W step
-# scores of r_coh = mu * exp(-lam_var * sigma / mu): swings are discounted; unjudged (NaN) steps dropped.
+# Coherence: b = the mean over window sizes W of the mean over sliding windows (our reading) of W
+# step scores of r_coh = mu * exp(-lam_var * sigma / mu): swings are discounted; unjudged (NaN)
+# steps are dropped; no judged step gives b = 0 (our reading).
 
 def coherence_score(step_scores, windows=(2, 4), lam_var: float = 1.0) -> float:
-    s = torch.as_tensor(step_scores, dtype=torch.float64).reshape(-1)                  # (S,)
-    s = s[~torch.isnan(s)].clamp(0.0, 1.0)                                            # judged steps
-    if s.numel() == 0: return 0.0                                                     # our reading
+    s = torch.as_tensor(step_scores, dtype=torch.float64).reshape(-1)             # (S,)
+    s = s[~torch.isnan(s)].clamp(0.0, 1.0)                                       # judged steps
+    if s.numel() == 0:
+        return 0.0
     per_scale = []
     for w in windows:
-        win = s.unfold(0, min(w, s.numel()), 1)                                       # (S - W + 1, W)
-        mu, sigma = win.mean(-1), win.std(-1, correction=0)                           # (S - W + 1,) each
-        r_coh = torch.where(mu > 0, mu * torch.exp(-lam_var * sigma / mu.clamp(min=1e-12)), 0.0)
-        per_scale.append(r_coh.mean())
+        win = s.unfold(0, min(w, s.numel()), 1)                                  # (S - W + 1, W)
+        mu = win.mean(-1)                                                        # (S - W + 1,)
+        sigma = win.std(-1, correction=0)                                        # (S - W + 1,)
+        r_coh = mu * torch.exp(-lam_var * sigma / mu.clamp(min=1e-12))
+        per_scale.append(torch.where(mu > 0, r_coh, 0.0).mean())
     return float(torch.stack(per_scale).mean())
 
-# Fluent failures, the gauge to watch for PRM hacking: wrong rollouts with a judged step whose b reaches the
-# median b of right rollouts (this batch's and the run's last FLUENT_POOL right training rollouts). A rank,
-# free of the PRM's scale, defined in a step with no right rollout; None until a right rollout is seen.
+# Fluent failures, the gauge to watch for PRM hacking: wrong rollouts with a judged step whose b
+# reaches the median b of right rollouts (this batch's and the run's last FLUENT_POOL right training
+# rollouts). A rank, free of the PRM's scale, defined in a step with no right rollout; None until a
+# right rollout is seen.
 
 FLUENT_POOL = 256
 
@@ -161,12 +201,14 @@ def fluent_failures(b, correct, judged, right_b) -> torch.Tensor | None:
     tensor([False,  True, False, False])
     """
     pool = torch.tensor(list(right_b) + b[correct.bool()].tolist(), dtype=torch.float32)
-    if pool.numel() == 0: return None
+    if pool.numel() == 0:
+        return None
     return ~correct.bool() & judged.bool() & (b.float() >= pool.quantile(0.5))
 
-# ----------------------------------------------------------------------------------------------------
-# Flags: every knob in one place. Pairs of defaults are (tiny, LLM): tiny for the models bundled in tiny_task/
-# (their task, CPU-sized), LLM for any other (GSM8K); --defaults overrides; the startup line says which.
+# --------------------------------------------------------------------------------------------------
+# Flags: every knob in one place. Pairs of defaults are (tiny, LLM): tiny for the models bundled in
+# tiny_task/ (their task, CPU-sized), LLM for any other (GSM8K); --defaults overrides; the startup
+# line says which. The last column is the check a value must pass.
 
 HERE = Path(__file__).resolve().parent
 TINY_TASK = HERE / "tiny_task"
@@ -177,25 +219,31 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("model", "--dtype", ["auto", "fp32", "bf16"], "auto", "bf16 autocast (auto: on cuda)", None),
     ("model", "--chat", bool, False, "wrap prompts in the tokenizer's chat template", None),
     ("model", "--defaults", ["auto", "tiny", "llm"], "auto",
-     "which default of each pair applies (auto: tiny for a model in tiny_task/, llm for any other)", None),
+     "which default of each pair applies (auto: tiny for a model in tiny_task/, llm for any other)",
+     None),
     ("data", "--data", str, (TINY_DATA[0], "gsm8k"), "train prompts: a JSONL file or `gsm8k`", None),
-    ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: a JSONL file or `gsm8k`", None),
+    ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: a JSONL file or `gsm8k`",
+     None),
     ("data", "--eval-size", int, (0, 500), "eval problems (0: all)", ">= 0"),
     ("data", "--eval-every", int, (20, 25), "steps between evals", ">= 1"),
     ("data", "--eval-samples", int, 0, "K > 0: also sampled pass@1, K samples per problem", ">= 0"),
     ("data", "--eval-batch", int, (256, 64), "rows per eval batch (problems x samples)", ">= 1"),
     ("rollouts", "--steps", int, (60, 200), "policy updates", ">= 1"),
     ("rollouts", "--prompts-per-step", int, (16, 16), "P: prompts per step", ">= 1"),
-    ("rollouts", "--group-size", int, 8, "G: rollouts per prompt (GRPO needs a group to compare)", ">= 2"),
+    ("rollouts", "--group-size", int, 8, "G: rollouts per prompt (GRPO needs a group to compare)",
+     ">= 2"),
     ("rollouts", "--max-new-tokens", int, (64, 512), "completion length cap", ">= 1"),
     ("rollouts", "--temperature", float, 1.0, "sampling temperature", "> 0"),
-    ("rewards", "--mode", ["progrs", "outcome", "absolute", "progrs-strict"], "progrs",
+    ("rewards", "--mode", list(MODES), "progrs",
      "progrs: A_out + lam*c | outcome: plain GRPO | absolute: r + lam*b | progrs-strict", None),
     ("rewards", "--lam", float, 1.0, "weight of the centered bonus c", ">= 0"),
     ("rewards", "--prm", str, "toy", "toy | a PRM folder | a hub id", None),
-    ("rewards", "--prm-quantile", float, None, "PRM quantile to read (None: its config's, or lowest)", None),
-    ("rewards", "--prm-tag", str, None, "causal-LM PRM: the step tag (None: its config's, else ки)", None),
-    ("rewards", "--prm-tokens", str, None, "causal-LM PRM: good,bad tokens (None: config's, or +,-)", None),
+    ("rewards", "--prm-quantile", float, None,
+     "PRM quantile to read (None: its config's, or lowest)", None),
+    ("rewards", "--prm-tag", str, None,
+     "causal-LM PRM: the step tag (None: its config's, else ки)", None),
+    ("rewards", "--prm-tokens", str, None,
+     "causal-LM PRM: good,bad tokens (None: config's, or +,-)", None),
     ("rewards", "--lam-var", float, 1.0, "coherence volatility penalty", ">= 0"),
     ("optimisation", "--lr", float, (1e-4, 1e-6), "AdamW learning rate", "> 0"),
     ("optimisation", "--warmup-steps", int, 10, "linear learning-rate warmup", ">= 0"),
@@ -208,17 +256,17 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("logging", "--seed", int, 0, "same seed, same CPU: same numbers", ">= 0"),
     ("logging", "--resume", bool, False, "continue the run in --out from its last checkpoint", None),
 ]
+RESUME_MAY_CHANGE = ("--steps", "--device", "--out", "--resume")  # --resume refuses any other change
 
 class ProgrsError(Exception):
     """Bad input: main() prints the message as one line and exits non-zero."""
 
-def tiny_task_module(name: str):
-    """One of the plumbing modules beside the tiny task: gsm8k, learned_prm, run_folder."""
-    sys.path.insert(0, str(TINY_TASK))
-    return __import__(name)
-
 def first_line(e) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+def attr(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="PROGRS: GRPO with outcome-conditioned process rewards.")
@@ -228,138 +276,212 @@ def build_parser() -> argparse.ArgumentParser:
     p.error = one_line_error
     groups = {}
     for group, flag, kind, default, help, _ in FLAGS:
-        kw = (dict(action="store_true") if kind is bool else
-              dict(choices=kind) if isinstance(kind, list) else dict(type=kind))
+        if kind is bool:
+            kw = dict(action="store_true")
+        elif isinstance(kind, list):
+            kw = dict(choices=kind)
+        else:
+            kw = dict(type=kind)
         pair = isinstance(default, tuple)  # filled in by apply_defaults once the model is known
         shown = f"{default[0]} tiny / {default[1]} LLM" if pair else str(default)
         shown = shown.replace(str(HERE) + os.sep, "")
-        groups[group] = groups.get(group) or p.add_argument_group(group)
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
         groups[group].add_argument(flag, default=None if pair else default,
                                    help=f"{help} (default: {shown})", **kw)
     return p
 
-def check_args(args) -> None:  # one line naming the flag, before anything trains silently wrong
+def check_args(args) -> None:
+    """One line naming the flag, before anything trains silently wrong."""
     for _, flag, kind, _, _, rule in FLAGS:
-        x = getattr(args, flag[2:].replace("-", "_"))
-        if x is not None and kind is float and not math.isfinite(x):  # first: inf passes every range
+        x = getattr(args, attr(flag))
+        if x is not None and kind is float and not math.isfinite(x):  # inf passes every range
             raise ProgrsError(f"{flag}: expected a finite number, got {x}")
-        if rule is None or x is None: continue
+        if rule is None or x is None:
+            continue
         op, bound = rule.split()
-        if not (x >= float(bound) if op == ">=" else x > float(bound)):
+        ok = x >= float(bound) if op == ">=" else x > float(bound)
+        if not ok:
             raise ProgrsError(f"{flag}: expected a value {rule}, got {x}")
 
 def apply_defaults(args) -> str:
     """Fill each flag left at a (tiny, LLM) pair; returns "tiny" or "llm", the column used."""
     bundled = TINY_TASK in Path(args.model).resolve().parents
-    size = args.defaults if args.defaults != "auto" else "tiny" if bundled else "llm"
+    size = args.defaults
+    if size == "auto":
+        size = "tiny" if bundled else "llm"
     for _, flag, _, default, _, _ in FLAGS:
-        name = flag[2:].replace("-", "_")
-        if isinstance(default, tuple) and getattr(args, name) is None:
-            setattr(args, name, default[0 if size == "tiny" else 1])
+        if isinstance(default, tuple) and getattr(args, attr(flag)) is None:
+            setattr(args, attr(flag), default[0 if size == "tiny" else 1])
     args.save_every = args.save_every or args.eval_every
     return size
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Data: JSONL records {"question", "answer"}, the answer bare or a GSM8K rationale ending "#### N".
 
 MAX_CHARS = 20_000  # per question or answer: GSM8K's longest is under 1,000
+EXPECTED_JSONL = "expected JSONL with 'question' and 'answer'"
 
 def parse_gold(answer: str) -> str:
-    return answer.rsplit("####", 1)[1].strip() if "####" in answer else answer.strip()
+    if "####" in answer:
+        return answer.rsplit("####", 1)[1].strip()
+    return answer.strip()
 
-def load_problems(path) -> list[dict]:  # [{"question", "gold"}]
+def record_problem(rec) -> str | None:
+    """What is wrong with one JSONL record, or None."""
+    q = rec.get("question") if isinstance(rec, dict) else None
+    a = rec.get("answer") if isinstance(rec, dict) else None
+    if not isinstance(q, str) or isinstance(a, bool) or not isinstance(a, (str, int, float)):
+        return "expected an object with a string 'question' and a string or number 'answer'"
+    if isinstance(a, float) and not math.isfinite(a):
+        return f"expected a finite number 'answer', got {a}"
+    longest = max(len(q), len(str(a)))
+    if longest > MAX_CHARS:
+        return f"a question or answer over {MAX_CHARS:,} characters ({longest:,})"
+    if not q.strip() or not parse_gold(str(a)):
+        return "empty 'question' or empty final answer"
+    return None
+
+def load_problems(path) -> list[dict]:
+    """[{"question", "gold"}] from a JSONL file; any fault is one line naming the file (and line)."""
     path = Path(path)
-    expected = "expected JSONL with 'question' and 'answer'"
-    if not path.is_file(): raise ProgrsError(f"{path}: no such data file ({expected})")
+    if not path.is_file():
+        raise ProgrsError(f"{path}: no such data file ({EXPECTED_JSONL})")
     try:  # utf-8-sig: a byte-order mark, which some editors write, is dropped
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ProgrsError(f"{path}: not UTF-8 text (byte {e.start}); {expected}") from None
+        raise ProgrsError(f"{path}: not UTF-8 text (byte {e.start}); {EXPECTED_JSONL}") from None
     problems = []
     # split("\n"), not splitlines(): a JSON string may hold U+2028, which is no line end in JSONL
     for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip(): continue
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ProgrsError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one "
                               "{\"question\": ..., \"answer\": ...} object per line") from None
         problem = record_problem(rec)
-        if problem: raise ProgrsError(f"{path}:{lineno}: {problem}")
+        if problem:
+            raise ProgrsError(f"{path}:{lineno}: {problem}")
         problems.append({"question": rec["question"].strip(), "gold": parse_gold(str(rec["answer"]))})
-    if not problems: raise ProgrsError(f"{path}: no records ({expected})")
+    if not problems:
+        raise ProgrsError(f"{path}: no records ({EXPECTED_JSONL})")
     return problems
 
-def record_problem(rec) -> str | None:
-    """What is wrong with one JSONL record, or None."""
-    q, a = (rec.get("question"), rec.get("answer")) if isinstance(rec, dict) else (None, None)
-    if not isinstance(q, str) or isinstance(a, bool) or not isinstance(a, (str, int, float)):
-        return "expected an object with a string 'question' and a string or number 'answer'"
-    if isinstance(a, float) and not math.isfinite(a): return f"expected a finite number 'answer', got {a}"
-    longest = max(len(q), len(str(a)))
-    if longest > MAX_CHARS: return f"a question or answer over {MAX_CHARS:,} characters ({longest:,})"
-    if not q.strip() or not parse_gold(str(a)): return "empty 'question' or empty final answer"
-    return None
+# GSM8K by name: the original release's split (MIT licence), downloaded once into PROGRS_CACHE
+# (default ~/.cache/progrs), checked against a pinned line count and sha256, and moved into place
+# whole, so a killed download never leaves a file that looks cached. PROGRS_GSM8K_URL names a
+# mirror.
 
-# GSM8K by name: tiny_task/gsm8k.py downloads the original release's split once into PROGRS_CACHE
-# (default ~/.cache/progrs), pinned by line count and sha256; PROGRS_GSM8K_URL names a mirror.
+GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
+GSM8K_SPLITS = {"train": (7473, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
+                "test": (1319, "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14")}
 
-def load_data(value: str, split: str, flag: str) -> list[dict]:  # a JSONL file, or `gsm8k`
-    path = Path(os.environ.get("PROGRS_CACHE") or Path.home() / ".cache" / "progrs") / f"gsm8k_{split}.jsonl"
-    if value != "gsm8k": return load_problems(value)
-    if not path.is_file():  # a cached split was checked before it was written
-        tiny_task_module("gsm8k").download(split, path, flag)
+def download_gsm8k(split: str, path: Path, flag: str) -> None:
+    """The pinned `split` into `path`, or a ProgrsError naming the flag and a way out."""
+    url = f"{os.environ.get('PROGRS_GSM8K_URL', GSM8K_URL).rstrip('/')}/{split}.jsonl"
+    hint = f"pass a local copy instead: {flag} path/to/gsm8k_{split}.jsonl"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data = response.read()
+    except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
+        reason = first_line(getattr(e, "reason", e))
+        raise ProgrsError(f"{flag} gsm8k: could not download {url} ({reason}); {hint}") from None
+    lines, sha = GSM8K_SPLITS[split]
+    got_lines = data.count(b"\n")
+    got_sha = hashlib.sha256(data).hexdigest()
+    if (got_lines, got_sha) != (lines, sha):
+        raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split ({got_lines} "
+                          f"lines, sha256 {got_sha[:12]}...; expected {lines}, {sha[:12]}...); {hint}")
+    part = path.with_suffix(".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(data)
+        part.replace(path)
+    except OSError as e:
+        raise ProgrsError(f"{flag} gsm8k: cannot write the cache {path} ({e.strerror or first_line(e)}); "
+                          f"set PROGRS_CACHE to a writable folder, or {hint}") from None
+
+def load_data(value: str, split: str, flag: str) -> list[dict]:
+    """A JSONL file, or `gsm8k` (downloaded once, then read from the cache)."""
+    if value != "gsm8k":
+        return load_problems(value)
+    cache = Path(os.environ.get("PROGRS_CACHE") or Path.home() / ".cache" / "progrs")
+    path = cache / f"gsm8k_{split}.jsonl"
+    if not path.is_file():  # a cached split was checked before it was moved into place
+        download_gsm8k(split, path, flag)
     return load_problems(path)
 
-# One prompt for rollouts, evaluation and the tiny model's warm start (build_model.py imports it).
+# One prompt for rollouts, evaluation, learned PRMs and the tiny model's warm start.
 INSTRUCTION = "Solve the problem. Write one step per line, then a last line 'Answer: <answer>'."
 
 def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
     """Plain: INSTRUCTION / "Question: ..." / "Solution:". chat=True: the tokenizer's chat template."""
-    if not chat: return f"{INSTRUCTION}\nQuestion: {question}\nSolution:\n"
+    if not chat:
+        return f"{INSTRUCTION}\nQuestion: {question}\nSolution:\n"
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ProgrsError("--chat: this tokenizer has no chat template (drop --chat for a base model)")
     messages = [{"role": "user", "content": f"{INSTRUCTION}\n{question}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-# ----------------------------------------------------------------------------------------------------
-# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded. On-policy:
-# generate() gets a config of only our settings, swapped in for the model's own, which would fill the rest
-# (a hub model's top_k, repetition_penalty). Rows stop after the answer line (the verifier's rule, next) or
-# at EOS; the mask keeps EOS and is built from positions, not `token == pad`.
+# --------------------------------------------------------------------------------------------------
+# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded.
+# On-policy: generate() gets a config of only our settings, swapped in for the model's own, which
+# would fill the rest (a hub model's top_k, repetition_penalty). Rows stop after the answer line
+# (the verifier's rule, next) or at EOS; the mask keeps EOS and is built from positions, not `token
+# == pad`.
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
-    """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or stopped_at[row] (0: none)."""
+    """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or at stopped_at[row]
+    tokens (0: not stopped); truncated rows hit the cap."""
     B, T = completions.shape
-    is_eos = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))   # (B, T)
-    has_eos = is_eos.any(1)                                                              # (B,)
-    length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                         # (B,)
-    stopped = (torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at).to(completions.device)
-    length = torch.where(stopped > 0, torch.minimum(length, stopped), length)           # (B,)
-    mask = torch.arange(T, device=completions.device)[None, :] < length[:, None]        # (B, T)
+    device = completions.device
+    is_eos = torch.isin(completions, torch.tensor(eos_ids, device=device))       # (B, T)
+    has_eos = is_eos.any(1)                                                      # (B,)
+    length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                 # (B,)
+    if stopped_at is None:
+        stopped_at = torch.zeros(B, dtype=torch.long)
+    stopped = stopped_at.to(device)                                              # (B,)
+    length = torch.where(stopped > 0, torch.minimum(length, stopped), length)   # (B,)
+    mask = torch.arange(T, device=device)[None, :] < length[:, None]            # (B, T)
     return mask, ~has_eos & (stopped == 0)
 
 @functools.lru_cache(maxsize=8)
 def newline_tokens(tokenizer) -> torch.Tensor:
     """(V,) bool: the token ids whose text holds a newline, the only places an answer line can end."""
-    return torch.tensor(["\n" in t for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor(["\n" in t for t in texts])
 
 class StopAtAnswer:
-    """A row is done once its answer line ends (only rows ending in a newline are decoded and checked)."""
+    """A row is done once its answer line ends (only rows ending in a newline are decoded)."""
     def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
         self.stopped = {}  # row -> completion length at its answer line's end
         self.newline = newline_tokens(tokenizer)
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
-        last = input_ids[:, -1].cpu()                                                    # (B,)
-        ends_line = (last < len(self.newline)) & self.newline[last.clamp(max=len(self.newline) - 1)]
+        last = input_ids[:, -1].cpu()                                                # (B,)
+        known = last < len(self.newline)  # a model's vocabulary may be larger than its tokenizer
+        ends_line = known & self.newline[last.clamp(max=len(self.newline) - 1)]      # (B,)
         for row in ends_line.nonzero().flatten().tolist():
-            if row in self.stopped: continue
+            if row in self.stopped:
+                continue
             text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
-            if (found := find_answer(text)) is not None and found.ended:
+            found = find_answer(text)
+            if found is not None and found.ended:
                 self.stopped[row] = input_ids.shape[1] - self.prompt_len
-        return torch.tensor([row in self.stopped for row in range(len(last))], device=input_ids.device)
+        done = [row in self.stopped for row in range(len(last))]
+        return torch.tensor(done, device=input_ids.device)
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS and every EOS the model's generation config names (a chat model's end of
+    turn, <|im_end|>, and its base EOS)."""
+    named = model.generation_config.eos_token_id
+    if isinstance(named, int):
+        named = [named]
+    return sorted({tokenizer.eos_token_id, *(named or [])} - {None})
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
@@ -367,43 +489,50 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
     from transformers import GenerationConfig
     # a chat template already wrote the special tokens it needs: do not add them a second time
-    enc = tokenizer(prompts, return_tensors="pt", padding=True,
-                    add_special_tokens=not chat).to(model.device)                # (P, Tp), left pad
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    enc = enc.to(model.device)                                                   # (P, Tp), left pad
     Tp = enc["input_ids"].shape[1]
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = sorted({tokenizer.eos_token_id, *([eos_ids] if isinstance(eos_ids, int) else eos_ids or [])})
-    sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0
-                else dict(do_sample=False))
+    eos_ids = eos_token_ids(model, tokenizer)
+    if temperature > 0:
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        sampling = dict(do_sample=False)
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
     stop = StopAtAnswer(tokenizer, Tp)
-    shipped, model.generation_config = model.generation_config, config               # swapped back below
+    shipped = model.generation_config
+    model.generation_config = config                                            # swapped back below
     try:
         with amp():
             seqs = model.generate(**enc, generation_config=config, stopping_criteria=[stop])
     finally:
         model.generation_config = shipped
-    completions = seqs[:, Tp:]                                                    # (B, T), B = P*n
+    completions = seqs[:, Tp:]                                                   # (B, T), B = P*n
     stopped_at = torch.tensor([stop.stopped.get(r, 0) for r in range(len(seqs))])  # (B,)
-    mask, truncated = completion_mask(completions, eos_ids, stopped_at)           # (B, T), (B,)
+    mask, truncated = completion_mask(completions, eos_ids, stopped_at)          # (B, T), (B,)
     texts = [tokenizer.decode(c[m], skip_special_tokens=True) for c, m in zip(completions, mask)]
-    prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)                   # (B, Tp)
+    prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)                  # (B, Tp)
     return dict(input_ids=seqs, attention_mask=torch.cat([prompt_mask, mask.long()], 1),
                 completion_mask=mask, truncated=truncated, texts=texts, prompt_len=Tp)
 
-# ----------------------------------------------------------------------------------------------------
-# Verifier: exact match on the first committed answer
-# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces matched)
-# or holds "Answer:" (any case, **Answer:** too) or "####", then text. Decoding stops there, so what a
-# base model writes next (an invented question and its "Answer: 7") is never judged or trained. No
-# answer line -> r = 0, with no fallback to "the last number". A numeric gold matches an answer holding
-# exactly one number of that value ("$1,234.00 dollars" == 1234; "5 or 6" never matches); any other gold
-# is compared as a string without `$`, `*` and a trailing period. All linear in the text.
+# --------------------------------------------------------------------------------------------------
+# Verifier: exact match on the first committed answer.
+# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces matched) or holds "Answer:" (any case, **Answer:**
+# too) or "####", then text. Decoding stops there, so what a base model writes next (an invented
+# question and its "Answer: 7") is never judged or trained. No answer line -> r = 0, with no
+# fallback to "the last number". A numeric gold matches an answer holding exactly one number of that
+# value ("$1,234.00 dollars" == 1234; "5 or 6" never matches); any other gold is compared as a
+# string without `$`, `*` and a trailing period. All linear in the text.
 
 _ANSWER_MARK = re.compile(r"answer[*\s]{0,8}:|####", re.IGNORECASE)
 _BOX_EVENT = re.compile(r"\\boxed\s*\{|[{}]")
 _NUMBER = re.compile(r"(?<![0-9.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
-AnswerLine = NamedTuple("AnswerLine", [("answer", str), ("start", int), ("end", int), ("ended", bool)])
+
+class AnswerLine(NamedTuple):
+    answer: str
+    start: int   # where the answer line starts in the text
+    end: int     # where it ends, its newline included
+    ended: bool  # whether a newline closes it (decoding may still be inside it)
 
 def _closed_boxes(text: str) -> list[tuple[int, int]]:
     """(content start, closing brace index) of every closed outermost \\boxed{...}, in one pass."""
@@ -426,7 +555,8 @@ def _closed_boxes(text: str) -> list[tuple[int, int]]:
 def find_answer(text: str) -> AnswerLine | None:
     """The completion's answer line (see the rule above), or None if it commits to nothing."""
     boxes = _closed_boxes(text)
-    next_box = start = 0   # the first box not yet read, the current line's start
+    next_box = 0   # the first box not yet read
+    start = 0      # the current line's start
     while start <= len(text):
         nl = text.find("\n", start)
         end = len(text) if nl == -1 else nl
@@ -438,8 +568,10 @@ def find_answer(text: str) -> AnswerLine | None:
         if not answer:
             mark = _ANSWER_MARK.search(text, start, end)
             answer = text[mark.end():end].replace("*", "").strip() if mark else ""
-        if answer: return AnswerLine(answer, start, end + (nl != -1), nl != -1)
-        if nl == -1: return None
+        if answer:
+            return AnswerLine(answer, start, end + (nl != -1), nl != -1)
+        if nl == -1:
+            return None
         start = nl + 1
     return None
 
@@ -453,86 +585,102 @@ def extract_answer(text: str) -> str | None:
     found = find_answer(text)
     return found.answer if found else None
 
+def _clean_answer(s: str) -> str:
+    return s.replace("$", "").replace("*", "").strip().removesuffix(".").strip()
+
 def answers_match(pred: str, gold: str) -> bool:
     """A numeric gold by value against the one number in pred; any other gold as a cleaned string."""
     g = gold.strip().replace("$", "").replace(",", "").rstrip(".")
     if _NUMBER.fullmatch(g):  # exactly one value in pred (repeats allowed), equal to the gold's
-        return {Decimal(m.group().replace(",", "")) for m in _NUMBER.finditer(pred)} == {Decimal(g)}
+        values = {Decimal(m.group().replace(",", "")) for m in _NUMBER.finditer(pred)}
+        return values == {Decimal(g)}
     return _clean_answer(pred) == _clean_answer(gold)
 
-def _clean_answer(s: str) -> str:
-    return s.replace("$", "").replace("*", "").strip().removesuffix(".").strip()
-
 def is_correct(completion: str, gold: str) -> bool:
-    return (pred := extract_answer(completion)) is not None and answers_match(pred, gold)
+    pred = extract_answer(completion)
+    return pred is not None and answers_match(pred, gold)
 
 # Steps: the non-empty lines before the answer line (the prompt asks for one step per line, as GSM8K
-# writes them). Step counts are easy to hack with trivially valid steps: the trainer logs steps/answer.
+# writes them). Step counts are easy to hack with trivially valid steps: the trainer logs
+# steps/answer.
 
 def split_steps(completion: str) -> list[str]:
     found = find_answer(completion)
     body = completion if found is None else completion[:found.start]
     return [line.strip() for line in body.split("\n") if line.strip()]
 
-# ----------------------------------------------------------------------------------------------------
-# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. Each step alone: false
-# if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) ~ Beta(1 + e, 1) if
-# true, Beta(1, 1 + e) if false (e = EVIDENCE); q_tau is its quantile ("47 + 28 = 75": q_0.1 0.63, q_0.5
-# 0.87, q_0.9 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a real PRM's too: a miscopied
-# number or a solution stopping one operation early is all sound steps, a fluent failure. Left sides are at
-# most MAX_EXPR characters of arithmetic before "=", so any string scores in linear time.
+# --------------------------------------------------------------------------------------------------
+# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. Each step
+# alone: false if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) ~
+# Beta(1 + e, 1) if true, Beta(1, 1 + e) if false (e = EVIDENCE); q_tau is its quantile ("47 + 28 =
+# 75": q_0.1 0.63, q_0.5 0.87, q_0.9 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a
+# real PRM's too: a miscopied number or a solution stopping one operation early is all sound steps,
+# a fluent failure. Left sides are at most MAX_EXPR characters of arithmetic before "=", so any
+# string scores in linear time.
 
 MAX_EXPR = 120    # characters of arithmetic before "="
 MAX_DIGITS = 15   # digits of one number
 _EXPR_CHARS = frozenset("0123456789.,+-–−*/×x÷()$ ")  # with the en dash and minus sign
-_RHS = re.compile(rf"\s*\$?\s*(-?[0-9][0-9,]{{0,{2 * MAX_DIGITS}}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?)(?![0-9])")
+_RHS = re.compile(rf"\s*\$?\s*(-?[0-9][0-9,]{{0,{2 * MAX_DIGITS}}}"
+                  rf"(?:\.[0-9]{{1,{MAX_DIGITS}}})?)(?![0-9])")
 _RHS_GOES_ON = re.compile(r"[A-Za-z]*\s*[-–−+*/×÷%^(]|\s+[0-9]")
 _TIMES = re.compile(r"(?<=[0-9)])\s*[x×]\s*(?=[0-9(])")    # "3 x 4", "3x4"; "3x + 4" is algebra
 _THOUSANDS = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
+_TOO_LONG_NUMBER = re.compile(rf"[0-9]{{{MAX_DIGITS + 1}}}")
 _ANNOTATION = re.compile(rf"<<([^<>=]{{1,{MAX_EXPR}}})=([^<>=]{{1,{2 * MAX_DIGITS}}})>>")
-_BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub,
+            ast.Mult: operator.mul, ast.Div: operator.truediv}
 _UN_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+def _walk(node) -> float | None:
+    """The value of a tree of numbers and + - * / ( ), else None."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UN_OPS:
+        v = _walk(node.operand)
+        return None if v is None else _UN_OPS[type(node.op)](v)
+    if not (isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS):
+        return None
+    left = _walk(node.left)
+    right = _walk(node.right)
+    if left is None or right is None:
+        return None
+    return _BIN_OPS[type(node.op)](left, right)
 
 def safe_eval(expr: str, need_op: bool = False) -> float | None:
     """+ - * / ( ) over numbers, else None (x/0, inf, too long): ast.parse builds a tree, no eval()."""
     expr = _TIMES.sub("*", _THOUSANDS.sub("", expr))
     expr = expr.replace("$", "").replace("÷", "/").replace("–", "-").replace("−", "-").strip()
-    if not expr or len(expr) > MAX_EXPR or re.search(rf"[0-9]{{{MAX_DIGITS + 1}}}", expr): return None
+    if not expr or len(expr) > MAX_EXPR or _TOO_LONG_NUMBER.search(expr):
+        return None
     try:
         tree = ast.parse(expr, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    if need_op and not isinstance(tree, ast.BinOp): return None
-
-    def walk(node):  # None for anything but numbers and + - * / ( )
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float): return float(node.value)
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _UN_OPS:
-            v = walk(node.operand)
-            return None if v is None else _UN_OPS[type(node.op)](v)
-        if not (isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS): return None
-        left, right = walk(node.left), walk(node.right)
-        return None if left is None or right is None else _BIN_OPS[type(node.op)](left, right)
+    if need_op and not isinstance(tree, ast.BinOp):
+        return None
     try:
-        value = walk(tree)
+        value = _walk(tree)
     except (RecursionError, OverflowError, ZeroDivisionError):
         return None
     return value if value is not None and math.isfinite(value) else None
 
 def _lhs_before(text: str, eq: int) -> str | None:
-    """The arithmetic run that ends at text[eq] == "=", or None (too long, or it starts mid-word)."""
+    """The arithmetic run that ends at text[eq] == "=", or None (too long, or starts mid-word)."""
     i = eq
     while i > 0 and text[i - 1] in _EXPR_CHARS and (text[i - 1] != "." or text[i:i + 1].isdigit()):
         i -= 1
-        if eq - i > MAX_EXPR: return None
+        if eq - i > MAX_EXPR:
+            return None
     comma = text.rfind(", ", i, eq)                   # "2, 3 + 4 = 7": a list, then an equation
     if comma != -1:
         i = comma + 1
     m = re.search(r"[0-9(]|-(?=[0-9(])", text[i:eq])  # start at a number, sign or parenthesis
     if m is None or text[i:i + m.start()].strip(" $"):
-        return None                                    # "9 hours * 2/3 = 6": the left operand is words
+        return None                                   # "9 hours * 2/3 = 6": the left side is words
     start = i + m.start()
     if start > 0 and (text[start - 1].isalnum() or text[start - 1] == "."):
-        return None                                    # "1e999 + 1", "v2 + 3": not a clean start
+        return None                                   # "1e999 + 1", "v2 + 3": not a clean start
     return text[start:eq]
 
 def check_equations(step: str) -> tuple[int, int]:
@@ -556,45 +704,56 @@ class ToyPRM:
     taus = (0.1, 0.5, 0.9)
     default_tau = None  # read at the lowest quantile unless --prm-quantile says otherwise
     q_index = 0         # the column a run reads (build_prm sets it)
-    EVIDENCE = 4.0  # pseudo-counts a step's verdict adds to the uniform Beta(1, 1) prior
+    EVIDENCE = 4.0      # pseudo-counts a step's verdict adds to the uniform Beta(1, 1) prior
 
     def score(self, question: str, steps: list[str]) -> torch.Tensor:
         a = 1 + self.EVIDENCE
-        true_step = [t ** (1 / a) for t in self.taus]           # Beta(a, 1): cdf x^a
-        false_step = [1 - (1 - t) ** (1 / a) for t in self.taus]  # Beta(1, a): cdf 1 - (1 - x)^a
-        unjudged = [math.nan] * len(self.taus)
-        rows = [false_step if n_false else true_step if n_true else unjudged
-                for n_true, n_false in map(check_equations, steps)]
+        true_step = [t ** (1 / a) for t in self.taus]              # Beta(a, 1): cdf x^a
+        false_step = [1 - (1 - t) ** (1 / a) for t in self.taus]   # Beta(1, a): cdf 1 - (1 - x)^a
+        rows = []
+        for n_true, n_false in map(check_equations, steps):
+            if n_false:
+                rows.append(false_step)
+            elif n_true:
+                rows.append(true_step)
+            else:
+                rows.append([math.nan] * len(self.taus))             # unjudged
         return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.taus))  # (S, Q)
 
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
         return [self.score(q, s) for q, s in zip(questions, steps)]
 
-# ----------------------------------------------------------------------------------------------------
-# Models from a folder or the hub: the policy, and learned PRMs (tiny_task/learned_prm.py) by the same loader.
+# --------------------------------------------------------------------------------------------------
+# Models from a folder or the hub: the policy, and learned PRMs, by the same loader.
 
 def check_source(flag: str, name: str) -> None:
-    """A hub id, or a folder with config.json and tokenizer files: else one line, before any loading."""
+    """A hub id, or a folder with config.json and tokenizer files: else one line, before loading."""
     path = Path(name)
     hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
-    problem = ("a file" if path.is_file() else "no such folder" if not path.exists() and not hub_id
-               else "no config.json in this folder" if path.is_dir() and not (path / "config.json").is_file()
-               else "no tokenizer files in this folder" if path.is_dir() and not any(path.glob("tokenizer*"))
-               else None)
-    if problem is None: return
-    raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
-                      "config.json, weights and tokenizer files)")
+    problem = None
+    if path.is_file():
+        problem = "a file"
+    elif path.is_dir() and not (path / "config.json").is_file():
+        problem = "no config.json in this folder"
+    elif path.is_dir() and not any(path.glob("tokenizer*")):
+        problem = "no tokenizer files in this folder"
+    elif not path.exists() and not hub_id:
+        problem = "no such folder"
+    if problem is not None:
+        raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
+                          "config.json, weights and tokenizer files)")
 
 def from_pretrained(flag: str, name: str, auto_class):
-    """(config, tokenizer, model, loading info) from a folder or the hub, auto_class(config) picking the
-    class; any failure is one line naming the flag and the folder."""
+    """(config, tokenizer, model, loading info) from a folder or the hub, auto_class(config) picking
+    the class; any failure is one line naming the flag and the folder."""
     import transformers as tf
     check_source(flag, name)
     try:  # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates
         config = tf.AutoConfig.from_pretrained(name)
         tokenizer = tf.AutoTokenizer.from_pretrained(name)
-        model, info = auto_class(config).from_pretrained(name, dtype=torch.float32, output_loading_info=True)
-    except Exception as e:  # whatever the library raises: no network, truncated weights, a head mismatch
+        model_class = auto_class(config)
+        model, info = model_class.from_pretrained(name, dtype=torch.float32, output_loading_info=True)
+    except Exception as e:  # whatever the library raises: no network, truncated weights, a head
         raise ProgrsError(f"{flag} {name}: could not load it ({first_line(e)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -603,27 +762,149 @@ def from_pretrained(flag: str, name: str, auto_class):
 def is_causal_lm(config) -> bool:
     return any(a.endswith("ForCausalLM") for a in config.architectures or [])
 
-# ----------------------------------------------------------------------------------------------------
-# Loss and update. Log-probs: fp32 logits / temperature (we sampled from softmax(logits / T)), position ids
-# rebuilt from the mask as generate() builds them for left-padded rows. The loss is divided by N, the
-# completion tokens of the *whole batch*, so micro-batching changes memory, never the gradient:
+# --------------------------------------------------------------------------------------------------
+# Learned PRMs (frozen): --prm FOLDER or a hub id, behind the toy PRM's interface. Each step is
+# read at its last token:
+#   token classification with a quantile head (labels q0.1, q0.5, ...; quantiles that cannot cross);
+#   token classification with a two-class head (p(good));
+#   a causal LM at a step tag: p(good) / (p(good) + p(bad)) of the next token (Math-Shepherd: tag ки,
+#   tokens + and -; others from --prm-tag / --prm-tokens, else the config's progrs_step_tag and
+#   progrs_step_tokens).
+# A config may name the quantile to read (progrs_quantile); --prm-quantile wins (quantile_index).
+
+STEP_SEP = "\n"
+_TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
+_GOOD_LABEL = re.compile(r"good|pos(itive)?|\+|correct|true|1", re.IGNORECASE)  # a whole label
+
+def prm_inputs(tokenizer, question: str, steps: list[str], tag: str | None = None):
+    """(ids, index of each step's last token); pieces are tokenised alone, so the ends are exact."""
+    def tok(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tok(build_prompt(question))
+    ends = []
+    for step in steps:
+        ids = ids + tok(f"{step} {tag}" if tag else step + STEP_SEP)
+        ends.append(len(ids) - 1)
+        if tag:
+            ids = ids + tok(STEP_SEP)
+    return ids, ends
+
+def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
+    """(..., Q) raw head outputs -> (..., Q) quantiles in (0, 1), strictly increasing along Q."""
+    steps = torch.cat([z[..., :1], torch.nn.functional.softplus(z[..., 1:])], -1)
+    return torch.sigmoid(steps.float().cumsum(-1))
+
+class ModelPRM:
+    def __init__(self, name: str, device, amp, tag=None, tokens=None, batch_size: int = 64):
+        import transformers as tf
+
+        def auto_class(config):
+            causal = bool(tag) or is_causal_lm(config)
+            return tf.AutoModelForCausalLM if causal else tf.AutoModelForTokenClassification
+        config, self.tokenizer, self.model, info = from_pretrained("--prm", name, auto_class)
+        self.causal = auto_class(config) is tf.AutoModelForCausalLM
+        self.default_tau = getattr(config, "progrs_quantile", None)
+        self.tag = None
+        labels = [str(self.model.config.id2label[i]) for i in range(self.model.config.num_labels)]
+        taus = [_TAU_LABEL.fullmatch(x) for x in labels]
+        base = self.model.base_model
+        body = {n for n, _ in base.named_parameters(prefix=self.model.base_model_prefix)}
+        if self.causal:  # the flags win over the config, the config over Math-Shepherd's
+            self.tag = tag or getattr(config, "progrs_step_tag", "ки")
+            pair = tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", ["+", "-"])
+            ids = [self.tokenizer.encode(w, add_special_tokens=False) for w in [self.tag, *pair]]
+            if len(ids) != 3 or any(len(i) != 1 for i in ids):
+                raise ProgrsError(f"--prm-tag / --prm-tokens: {[self.tag, *pair]} must each be one "
+                                  f"token of --prm {name}'s tokenizer (Math-Shepherd's: ки, +, -)")
+            self.kind = "step-tag"
+            self.taus = (0.5,)
+            self.good_bad = [ids[1][0], ids[2][0]]
+        elif set(info["missing_keys"]) - body:  # from_pretrained would make up a random head
+            missing = ", ".join(sorted(info["missing_keys"]))
+            raise ProgrsError(f"--prm {name}: this checkpoint has no classification head "
+                              f"({missing} missing); expected a trained PRM")
+        elif all(taus):
+            self.kind = "quantile"
+            self.taus = tuple(float(m[1]) for m in taus)
+            if list(self.taus) != sorted(set(self.taus)):
+                raise ProgrsError(f"--prm {name}: quantile labels {labels} are not increasing taus")
+        elif len(labels) == 2:
+            self.kind = "two-class"
+            self.taus = (0.5,)
+            good = [i for i, x in enumerate(labels) if _GOOD_LABEL.fullmatch(x.replace("LABEL_", ""))]
+            self.good = good[-1] if good else 1
+        else:
+            raise ProgrsError(f"--prm {name}: expected a quantile head (labels q0.1, q0.5, ...) or a "
+                              f"two-class head, got {len(labels)} outputs {labels[:6]}")
+        self.model.to(device).eval().requires_grad_(False)
+        self.device = device
+        self.amp = amp
+        self.batch_size = batch_size
+        self.max_len = min(getattr(self.model.config, "max_position_embeddings", None) or 4096, 4096)
+        self.q_index = quantile_index(self)  # the column a run reads (build_prm sets it)
+
+    def read(self, z: torch.Tensor) -> torch.Tensor:
+        """(S, K) head outputs at the steps' ends -> (S, Q) quantiles of p(step is sound)."""
+        if self.kind == "step-tag":
+            return z[:, self.good_bad].softmax(-1)[:, :1]
+        if self.kind == "two-class":
+            return z.softmax(-1)[:, [self.good]]
+        return quantiles_from_logits(z)
+
+    @torch.no_grad()
+    def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
+        """Each distinct (question, steps) once (groups repeat completions), right-padded batches."""
+        keys = [(q, tuple(s)) for q, s in zip(questions, steps)]
+        unique = list(dict.fromkeys(keys))
+        items = [prm_inputs(self.tokenizer, q, list(s), self.tag) for q, s in unique]
+        items = [(ids[:self.max_len], ends) for ids, ends in items]  # steps cut off: no opinion
+        out = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            width = max(len(x) for x, _ in chunk)
+            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id)          # (b, L)
+            att = torch.zeros_like(ids)                                                 # (b, L)
+            for row, (x, _) in enumerate(chunk):
+                ids[row, :len(x)] = torch.tensor(x)
+                att[row, :len(x)] = 1
+            net = self.model.base_model if self.causal else self.model
+            with self.amp():  # a causal LM's vocabulary head runs only at the steps' ends
+                h = net(input_ids=ids.to(self.device), attention_mask=att.to(self.device))
+            h = h.last_hidden_state if self.causal else h.logits                        # (b, L, .)
+            for row, (_, ends) in enumerate(chunk):
+                at = h[row, [e for e in ends if e < self.max_len]]                      # (S', .)
+                z = self.model.get_output_embeddings()(at) if self.causal else at
+                q = self.read(z.float().cpu())                                          # (S', Q)
+                cut = torch.full((len(ends) - len(q), q.shape[1]), math.nan)
+                out.append(torch.cat([q, cut]))                                         # (S, Q)
+        scored = dict(zip(unique, out))
+        return [scored[k] for k in keys]
+
+# --------------------------------------------------------------------------------------------------
+# Loss and update. Log-probs: fp32 logits / temperature (we sampled from softmax(logits / T)),
+# position ids rebuilt from the mask as generate() builds them for left-padded rows. The loss is
+# divided by N, the completion tokens of the *whole batch*, so micro-batching changes memory, never
+# the gradient:
 #     L = -(1/N) sum_i sum_t min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) [+ kl_coef * k3_it]
-# With --ppo-epochs 1 the old log-probs are this pass's, detached: rho = 1, the clip never acts: this is
-# REINFORCE with group baselines. The logged loss is -(1/N) sum_i A_i len_i, a length-weighted sum of
-# advantages (negative in --mode progrs: right rollouts keep b), not the gradient: watch accuracy. The k3
-# KL to the initial model is off by default: with verifiable rewards the policy drifts little.
+# With --ppo-epochs 1 the old log-probs are this pass's, detached: rho = 1, the clip never acts:
+# this is REINFORCE with group baselines. The logged loss is then -(1/N) sum_i A_i len_i, a
+# length-weighted sum of advantages, not the gradient, and its sign says little: one 5-token right
+# rollout and seven 10-token wrong ones give +0.18 (b = 0). Watch accuracy. The k3 KL to the initial
+# model is off by default: with verifiable rewards the policy drifts little.
 
 PPO_CLIP = 0.2
-LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 positions at 151,936
+LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 at 151,936
 
 def _head_logprobs(hidden, targets, weight, bias, temperature: float):
-    """(N, H) final hidden states, (N,) targets -> (N,) log-probs, (N,) entropies; fp32 logits (N, V)."""
-    logits = hidden.float() @ weight.float().T                                    # (N, V) fp32
-    logits = (logits if bias is None else logits + bias.float()) / temperature
-    log_z = logits.logsumexp(-1)                                                  # (N,)
+    """(N, H) final hidden states, (N,) targets -> (N,) log-probs, (N,) entropies."""
+    logits = hidden.float() @ weight.float().T                                   # (N, V) fp32
+    if bias is not None:
+        logits = logits + bias.float()
+    logits = logits / temperature
+    log_z = logits.logsumexp(-1)                                                 # (N,)
     with torch.no_grad():  # a metric: the policy's entropy at the sampling temperature
-        entropy = log_z - (logits.softmax(-1) * logits).sum(-1)                   # (N,)
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - log_z, entropy      # (N,), (N,)
+        entropy = log_z - (logits.softmax(-1) * logits).sum(-1)                  # (N,)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - log_z, entropy     # (N,), (N,)
 
 def token_logprobs(model, input_ids, attention_mask, prompt_len: int, temperature: float, amp,
                    entropy: bool = False):
@@ -631,36 +912,44 @@ def token_logprobs(model, input_ids, attention_mask, prompt_len: int, temperatur
     `amp`; the head in fp32, in blocks of LOGIT_BLOCK logits recomputed in the backward pass, so
     (B, T, V) logits never exist at once."""
     B, T = input_ids.shape[0], input_ids.shape[1] - prompt_len
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                   # (B, Tp + T)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                  # (B, Tp + T)
     with amp():
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False).last_hidden_state
-    hidden = hidden[:, prompt_len - 1:-1].reshape(B * T, -1)    # (B*T, H): states that predict y_t
-    targets = input_ids[:, prompt_len:].reshape(B * T)                            # (B*T,)
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state[:, prompt_len - 1:-1].reshape(B * T, -1)  # (B*T, H): predict y_t
+    targets = input_ids[:, prompt_len:].reshape(B * T)                           # (B*T,)
     head = model.get_output_embeddings()
     rows = max(1, LOGIT_BLOCK // head.weight.shape[0])
-    out = []   # (log-probs, entropies) of each block
+    logps = []
+    entropies = []
     for i in range(0, B * T, rows):
         block = (hidden[i:i + rows], targets[i:i + rows], head.weight, head.bias, temperature)
-        out.append(torch.utils.checkpoint.checkpoint(_head_logprobs, *block, use_reentrant=False)
-                   if torch.is_grad_enabled() else _head_logprobs(*block))
-    logp = torch.cat([x[0] for x in out]).view(B, T)                              # (B, T)
-    return (logp, torch.cat([x[1] for x in out]).view(B, T)) if entropy else logp
+        if torch.is_grad_enabled():
+            logp, ent = torch.utils.checkpoint.checkpoint(_head_logprobs, *block, use_reentrant=False)
+        else:
+            logp, ent = _head_logprobs(*block)
+        logps.append(logp)
+        entropies.append(ent)
+    logp = torch.cat(logps).view(B, T)                                           # (B, T)
+    if entropy:
+        return logp, torch.cat(entropies).view(B, T)
+    return logp
 
 def policy_loss(logp, old_logp, adv, mask, n_tokens, ref_logp=None, kl_coef=0.0):
     """Clipped policy-gradient (+ optional k3 KL) loss of one micro-batch, over the whole batch's N."""
-    ratio = torch.exp(logp - old_logp)                                            # (b, T)
-    a = adv[:, None]                                                              # (b, 1)
+    ratio = torch.exp(logp - old_logp)                                           # (b, T)
+    a = adv[:, None]                                                             # (b, 1)
     per_token = -torch.min(ratio * a, ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP) * a)
-    if ref_logp is None: return (per_token * mask).sum() / n_tokens, None
-    kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1                     # (b, T), >= 0
+    if ref_logp is None:
+        return (per_token * mask).sum() / n_tokens, None
+    kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1                    # (b, T), >= 0
     per_token = per_token + kl_coef * kl
     return (per_token * mask).sum() / n_tokens, (kl * mask).sum() / n_tokens
 
 def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> dict:
-    """--ppo-epochs optimizer steps on one batch; the first epoch's loss, kl, grad_norm and entropy."""
-    mask = batch["completion_mask"].float()                                       # (B, T)
-    adv = adv.to(mask.device)                                                     # (B,)
+    """--ppo-epochs optimizer steps on one batch; the first epoch's loss, kl, grad_norm, entropy."""
+    mask = batch["completion_mask"].float()                                      # (B, T)
+    adv = adv.to(mask.device)                                                    # (B,)
     n_tokens = mask.sum().clamp(min=1)
     Tp = batch["prompt_len"]
     slices = [slice(i, i + args.micro_batch) for i in range(0, mask.shape[0], args.micro_batch)]
@@ -670,9 +959,12 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
     model.train()
     for epoch in range(args.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = kl_sum = entropy_sum = 0.0
+        loss_sum = 0.0
+        kl_sum = 0.0
+        entropy_sum = 0.0
         for i, s in enumerate(slices):
-            ids, att = batch["input_ids"][s], batch["attention_mask"][s]              # (b, Tp + T) each
+            ids = batch["input_ids"][s]                                          # (b, Tp + T)
+            att = batch["attention_mask"][s]                                     # (b, Tp + T)
             logp, entropy = token_logprobs(model, ids, att, Tp, args.temperature, amp, entropy=True)
             if epoch == 0:
                 old[i] = logp.detach()  # the same forward path as the update: rho starts at 1
@@ -693,13 +985,15 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
     model.eval()
     return stats
 
-# ----------------------------------------------------------------------------------------------------
-# Training loop. Each step: P prompts -> G rollouts each -> verify (r) -> PRM step scores -> coherence
-# (b) -> centering (c) -> advantages (A) -> one policy update; evaluations and checkpoints between.
+# --------------------------------------------------------------------------------------------------
+# Training loop. Each step: P prompts -> G rollouts each -> verify (r) -> PRM step scores ->
+# coherence (b) -> centering (c) -> advantages (A) -> one policy update; evaluations and checkpoints
+# between.
 
-def score_completions(problems: list[dict], texts: list[str], prm, q_index: int, lam_var: float) -> dict:
-    """Verify and PRM-score completions (one problem per text) at the PRM's q_index quantile. Text that
-    makes verification raise is judged wrong with no steps (b = 0) and counted in `unscorable`."""
+def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
+                      lam_var: float) -> dict:
+    """Verify and PRM-score completions (one problem per text) at the PRM's q_index quantile. Text
+    that makes verification raise is judged wrong with no steps (b = 0), counted in `unscorable`."""
     out = {name: [] for name in "correct b step_scores n_steps trace_error unscorable judged".split()}
     steps = []
     for prob, text in zip(problems, texts):
@@ -707,16 +1001,16 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
             s = split_steps(text)
             ok = is_correct(text, prob["gold"])
             # a right answer reached through at least one false equation (the verifier cannot see it)
-            verdict = dict(correct=ok, trace_error=ok and any(check_equations(x)[1] > 0 for x in s),
-                           unscorable=False, n_steps=len(s))
+            trace_error = ok and any(check_equations(x)[1] > 0 for x in s)
+            verdict = dict(correct=ok, trace_error=trace_error, unscorable=False, n_steps=len(s))
         except Exception:
             s = []
             verdict = dict(correct=False, trace_error=False, unscorable=True, n_steps=0)
         for key, value in verdict.items():
             out[key].append(value)
         steps.append(s)
-    for q in prm.score_batch([p["question"] for p in problems], steps):            # [(S_i, Q)]
-        column = q[:, q_index]                                                     # (S_i,)
+    for q in prm.score_batch([p["question"] for p in problems], steps):           # [(S_i, Q)]
+        column = q[:, q_index]                                                    # (S_i,)
         out["step_scores"].append(column.tolist())
         out["judged"].append(bool((~column.isnan()).any()))
         out["b"].append(coherence_score(column, lam_var=lam_var))
@@ -727,20 +1021,22 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
     P, G = len(problems), args.group_size
     t0 = time.perf_counter()
     prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems]
-    batch = generate(model, tokenizer, prompts, G, args.max_new_tokens, args.temperature, amp, args.chat)
+    batch = generate(model, tokenizer, prompts, G, args.max_new_tokens, args.temperature, amp,
+                     args.chat)
     t1 = time.perf_counter()
-    per_rollout = [p for p in problems for _ in range(G)]                         # prompt-major
+    per_rollout = [p for p in problems for _ in range(G)]                        # prompt-major
     scored = score_completions(per_rollout, batch["texts"], prm, prm.q_index, args.lam_var)
-    correct = torch.tensor(scored["correct"]).view(P, G)                          # (P, G)
-    b = torch.tensor(scored["b"], dtype=torch.float32).view(P, G)                 # (P, G)
-    adv, a_out, c = compute_advantages(correct, b, args.mode, args.lam)           # (P, G) each
+    correct = torch.tensor(scored["correct"]).view(P, G)                         # (P, G)
+    b = torch.tensor(scored["b"], dtype=torch.float32).view(P, G)                # (P, G)
+    adv, a_out, c = compute_advantages(correct, b, args.mode, args.lam)          # (P, G) each
     batch.update(scored, correct=correct, b_grid=b, adv=adv, a_out=a_out, c=c,
                  t_generate=t1 - t0, t_score=time.perf_counter() - t1)
     return batch
 
 def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:
-    """Accuracy, b, trace errors, steps and fluent failures of scored rollouts (training or evaluation).
-    The trace-error rate is per right answer: right answers reached through a false equation."""
+    """Accuracy, b, trace errors, steps and fluent failures of scored rollouts (training or
+    evaluation). The trace-error rate is per right answer: right answers reached through a false
+    equation."""
     n_right = sum(scored["correct"])
     return dict(accuracy=n_right / len(scored["correct"]),
                 process_score=float(np.mean(scored["b"])),
@@ -750,24 +1046,28 @@ def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=()) -> dict:
-    """Greedy pass@1, trace errors, steps per answer, b and fluent failures; the same over --eval-samples K
-    samples per problem at the training temperature (sampled pass@1: what RL optimises)."""
+    """Greedy pass@1, trace errors, steps per answer, b and fluent failures; the same over
+    --eval-samples K samples per problem at the training temperature (sampled pass@1: what RL
+    optimises)."""
     def summary(n, temperature, prefix):  # the problems' completions, n per problem, problem-major
         chunk = max(1, args.eval_batch // n)
         texts = []
         for i in range(0, len(problems), chunk):
             prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems[i:i + chunk]]
-            out = generate(model, tokenizer, prompts, n, args.max_new_tokens, temperature, amp, args.chat)
+            out = generate(model, tokenizer, prompts, n, args.max_new_tokens, temperature, amp,
+                           args.chat)
             texts += out["texts"]
-        s = score_completions([p for p in problems for _ in range(n)], texts, prm, prm.q_index, args.lam_var)
-        ff = fluent_failures(torch.tensor(s["b"]), torch.tensor(s["correct"]), torch.tensor(s["judged"]),
-                             right_pool)
+        per_sample = [p for p in problems for _ in range(n)]
+        s = score_completions(per_sample, texts, prm, prm.q_index, args.lam_var)
+        ff = fluent_failures(torch.tensor(s["b"]), torch.tensor(s["correct"]),
+                             torch.tensor(s["judged"]), right_pool)
         return {prefix + key: v for key, v in rollout_metrics(s, ff).items()}
 
     out = summary(1, 0.0, "eval_")
     if args.eval_samples > 0:
         # its own seeded random stream: how often a run evaluates does not change its training
-        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        cuda = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(args.seed)
             out.update(summary(args.eval_samples, args.temperature, "eval_sampled_"))
     return out
@@ -777,15 +1077,22 @@ def _mean(x: torch.Tensor) -> float | None:
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
     """One metrics line; marks batch["fluent"] (P, G) and adds the step's right b's to right_pool."""
-    correct, b, c, adv = (batch[key] for key in ("correct", "b_grid", "c", "adv"))  # (P, G) each
-    ff = fluent_failures(b.flatten(), correct.flatten(), torch.tensor(batch["judged"]), right_pool or ())
-    fluent = torch.zeros_like(correct) if ff is None else ff.view_as(correct)     # (P, G)
+    correct = batch["correct"]                                                   # (P, G)
+    b = batch["b_grid"]                                                          # (P, G)
+    c = batch["c"]                                                               # (P, G)
+    adv = batch["adv"]                                                           # (P, G)
+    judged = torch.tensor(batch["judged"])
+    ff = fluent_failures(b.flatten(), correct.flatten(), judged, right_pool or ())
+    fluent = torch.zeros_like(correct) if ff is None else ff.view_as(correct)    # (P, G)
     batch["fluent"] = fluent
-    n_right = correct.sum(-1)                                                     # (P,)
-    push = torch.where((n_right == 0)[:, None], adv.clamp(min=0), 0.0)  # (P, G): A > 0 in all-wrong groups
+    n_right = correct.sum(-1)                                                    # (P,)
+    # the share of the positive advantage in all-wrong groups that goes to fluent failures
+    push = torch.where((n_right == 0)[:, None], adv.clamp(min=0), 0.0)           # (P, G)
+    push_to_fluent = float(push[fluent].sum() / push.sum()) if push.sum() > 0 else None
     if right_pool is not None:
         right_pool.extend(b[correct].tolist())
-    rates = rollout_metrics(dict(batch, correct=correct.flatten().tolist(), b=b.flatten().tolist()), ff)
+    flat = dict(batch, correct=correct.flatten().tolist(), b=b.flatten().tolist())
+    rates = rollout_metrics(flat, ff)
     rates["process_score"] = _mean(b)  # the mean of the float32 b's the advantages used
     return dict(
         train_accuracy=rates.pop("accuracy"), **rates,
@@ -796,22 +1103,24 @@ def step_metrics(batch: dict, args, right_pool=None) -> dict:
         dominance_violations=dominance_violations(adv, correct),
         completion_tokens=float(batch["completion_mask"].sum(-1).float().mean()),
         truncated=int(batch["truncated"].sum()), unscorable=int(sum(batch["unscorable"])),
-        # the share of the positive advantage in all-wrong groups that goes to fluent failures
-        all_wrong_push_to_fluent=float(push[fluent].sum() / push.sum()) if push.sum() > 0 else None)
+        all_wrong_push_to_fluent=push_to_fluent)
 
 def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     """One rollout group as a table: the most mixed group of the batch (most right-wrong pairs)."""
-    correct = batch["correct"]                                                    # (P, G)
-    fluent = batch.get("fluent", torch.zeros_like(correct))                       # (P, G)
-    n_right, G = correct.sum(-1), correct.shape[1]                                # (P,), group size
+    correct = batch["correct"]                                                   # (P, G)
+    fluent = batch.get("fluent", torch.zeros_like(correct))                      # (P, G)
+    n_right = correct.sum(-1)                                                    # (P,)
+    G = correct.shape[1]
     i = int((n_right * (G - n_right)).argmax())
     lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
              f"{'ok':>3} {'step scores':<24} {'b':>5} {'c':>6} {'A_out':>6} {'A':>6}  completion"]
     for j in range(G):
         row = i * G + j
-        steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in batch["step_scores"][row][:6])
+        scores = batch["step_scores"][row][:6]
+        steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in scores)
         text = batch["texts"][row].strip().replace("\n", " | ")
-        text = text if len(text) <= width else text[:width - 3] + "..."
+        if len(text) > width:
+            text = text[:width - 3] + "..."
         ok = "yes" if correct[i, j] else ("no*" if fluent[i, j] else "no")
         lines.append(f"{ok:>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} {batch['c'][i, j]:+6.2f} "
                      f"{batch['a_out'][i, j]:+6.2f} {batch['adv'][i, j]:+6.2f}  {text}")
@@ -819,18 +1128,14 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts")
     return "\n".join(lines)
 
-# Checkpoints: OUT/model holds the weights and tokenizer (from_pretrained loads it as it is), the step and
-# what --resume needs beyond the weights (the `state` train saves). tiny_task/run_folder.py writes it whole
-# (two renames), cleans up after a killed save, and refuses an --out that holds a run unless --resume.
-
-def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref_model=None, log=print):
-    """The whole run, or its rest from a checkpoint's `state`: returns {"before": eval, "after": eval},
-    writes OUT/metrics.jsonl and OUT/model. --out must be prepared (run_folder.prepare_out)."""
-    run_folder = tiny_task_module("run_folder")
+def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref_model=None,
+          log=print):
+    """The whole run, or its rest from a checkpoint's `state`: returns {"before": eval, "after":
+    eval}, writes OUT/metrics.jsonl and OUT/model. --out must be prepared (prepare_out)."""
     out_dir = Path(args.out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
-    def warmup(i):  # linear: Adam's first steps move each weight by ~lr whatever its gradient, a jolt
+    def warmup(i):  # linear: Adam's first steps move each weight by ~lr whatever its gradient
         return min(1.0, (i + 1) / (args.warmup_steps + 1))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
     if args.kl_coef > 0 and ref_model is None:
@@ -857,20 +1162,25 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
     def run_eval(step, metrics_file):
         t0 = time.perf_counter()
         ev = evaluate(model, tokenizer, eval_set, args, prm, amp, right_pool)
-        print(json.dumps(dict(ev, step=step, t_eval=time.perf_counter() - t0)), file=metrics_file, flush=True)
-        sampled = f", sampled pass@1 {ev.get('eval_sampled_accuracy', 0):.1%} ({args.eval_samples}/problem)"
+        rec = dict(ev, step=step, t_eval=time.perf_counter() - t0)
+        print(json.dumps(rec), file=metrics_file, flush=True)
+        sampled = ""
+        if args.eval_samples:
+            sampled = (f", sampled pass@1 {ev['eval_sampled_accuracy']:.1%} "
+                       f"({args.eval_samples}/problem)")
         log(f"step {step}: greedy pass@1 {ev['eval_accuracy']:.1%} on {len(eval_set)} problems"
-            f"{sampled if args.eval_samples else ''}, trace errors {ev['eval_trace_error_rate']:.1%} of "
-            f"right answers, {ev['eval_steps_per_answer']:.2f} steps/answer")
+            f"{sampled}, trace errors {ev['eval_trace_error_rate']:.1%} of right answers, "
+            f"{ev['eval_steps_per_answer']:.2f} steps/answer")
         return ev
 
     def save(step):
         metrics_file.flush()
-        run_folder.save_checkpoint(model, tokenizer, out_dir, step, dict(
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        save_checkpoint(model, tokenizer, out_dir, step, dict(
             step=step, optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
             order_rng=order_rng.getstate(), queue=queue, right_pool=list(right_pool),
             metrics=(out_dir / "metrics.jsonl").read_text(), torch_rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []))
+            cuda_rng=cuda_rng))
 
     with open(out_dir / "metrics.jsonl", "w") as metrics_file:
         metrics_file.write(state["metrics"])    # what a resumed run had written by its checkpoint
@@ -893,31 +1203,133 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
                        t_generate=batch["t_generate"], t_score=batch["t_score"],
                        t_update=time.perf_counter() - t0)
             print(json.dumps(rec), file=metrics_file, flush=True)
-            log(f"step {step}: train accuracy {rec['train_accuracy']:.2f}, b {rec['process_score']:.2f}, "
-                f"fluent failures {rec['fluent_failure_rate'] or 0:.2f}, entropy {rec['entropy']:.3f}")
+            log(f"step {step}: train accuracy {rec['train_accuracy']:.2f}, b "
+                f"{rec['process_score']:.2f}, fluent failures {rec['fluent_failure_rate'] or 0:.2f}, "
+                f"entropy {rec['entropy']:.3f}")
             if step % args.eval_every == 0 or step == args.steps:
                 evals.append(run_eval(step, metrics_file))
                 log(teaching_view(batch, problems))
             if step % args.save_every == 0 or step == args.steps:
                 save(step)
-    before, last = evals[0], evals[-1]
-    for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):  # greedy last
+    before = evals[0]
+    last = evals[-1]
+    for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):
         if key in last:
-            log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} ({100 * (last[key] - before[key]):+.1f}"
-                f" points), {len(eval_set)} problems, {args.steps} steps, mode {args.mode}, lam {args.lam}")
+            gain = 100 * (last[key] - before[key])
+            log(f"{name} pass@1: {before[key]:.1%} -> {last[key]:.1%} ({gain:+.1f} points), "
+                f"{len(eval_set)} problems, {args.steps} steps, mode {args.mode}, lam {args.lam}")
     return dict(before=before, after=last)
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+# The run folder, --out: metrics.jsonl, config.json (the flags) and model/, the last checkpoint. It
+# holds the weights and tokenizer (from_pretrained loads it as it is), the step (progrs_step.json)
+# and progrs_state.pt, the `state` train saves: optimizer, schedule, random streams, problem order,
+# the gauge's pool, the metrics written so far. A checkpoint is written whole in model.tmp/, then
+# swapped in by two renames (model/ -> model.old/, model.tmp/ -> model/), so a whole checkpoint
+# exists at every instant; prepare_out cleans up after a save killed midway.
+
+CHECKPOINT_DIRS = ("model.tmp", "model", "model.old")  # being written, the checkpoint, the one before
+STATE_KEYS = ("step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics",
+              "torch_rng", "cuda_rng")
+
+def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict | None = None) -> None:
+    tmp, final, old = (out_dir / d for d in CHECKPOINT_DIRS)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, tmp / "progrs_state.pt")
+        (tmp / "progrs_step.json").write_text(json.dumps({"step": step}))
+    except Exception as e:  # a full disk: OSError, or safetensors' and torch's own errors
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(e, "strerror", None) or first_line(e)
+        raise ProgrsError(f"--out {out_dir}: could not write the step {step} checkpoint ({reason}); "
+                          "model/ still holds the last whole one") from None
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+def prepare_out(out: str, resume: bool = False, log=print) -> None:
+    """--out is writable and fresh (or, with --resume, holds a checkpoint); what an interrupted save
+    left there is cleaned up. Runs before any model loads: a run never starts work it cannot save."""
+    if not out.strip():
+        raise ProgrsError("--out: expected a folder, got an empty name")
+    out_dir = Path(out)
+    tmp, final, old = (out_dir / d for d in CHECKPOINT_DIRS)
+    used = [p.name for p in (out_dir / "metrics.jsonl", final, tmp, old) if p.exists()]
+    if used and not resume:
+        raise ProgrsError(f"--out {out}: holds a run ({', '.join(used)}); pass --resume to continue "
+                          "it, or another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise ProgrsError(f"--out {out}: cannot write there ({e.strerror or first_line(e)})") from None
+    if old.is_dir() and not final.exists():  # killed between the renames: old is the last whole one
+        old.rename(final)
+        log(f"{out}: restored model/ from model.old/, left by an interrupted checkpoint save")
+    for d in (tmp, old):
+        if d.exists():
+            shutil.rmtree(d)
+            log(f"{out}: removed {d.name}/, left by an interrupted checkpoint save")
+    if resume and not (final / "progrs_state.pt").is_file():
+        raise ProgrsError(f"--resume: {out} holds no checkpoint to continue (model/progrs_state.pt)")
+
+def resume_state(args) -> dict:
+    """--resume: the run's own flags (OUT/config.json; only RESUME_MAY_CHANGE may differ) and its
+    checkpoint's state."""
+    config = Path(args.out) / "config.json"
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or first_line(e)
+        raise ProgrsError(f"--resume: cannot read {config} ({reason}); it holds the run's flags, "
+                          "written when the run started") from None
+    if not isinstance(saved, dict):
+        raise ProgrsError(f"--resume: {config} holds no flags (expected a JSON object, as progrs.py "
+                          "writes)")
+    for _, flag, *_ in FLAGS:
+        value = getattr(args, attr(flag))
+        if flag not in RESUME_MAY_CHANGE and value != saved.get(attr(flag)):
+            raise ProgrsError(f"--resume: {flag} {value} differs from the run's "
+                              f"{saved.get(attr(flag))} ({config}); rerun its command, or another --out")
+    path = Path(args.out) / "model" / "progrs_state.pt"
+    try:  # on the CPU: --device may change, and load_state_dict moves the optimizer's tensors
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: torch raises many kinds
+        raise ProgrsError(f"--resume: cannot read {path} ({first_line(e)}); the checkpoint is "
+                          "damaged") from None
+    if isinstance(state, dict):
+        missing = [key for key in STATE_KEYS if key not in state]
+    else:
+        missing = list(STATE_KEYS)
+    if missing:
+        raise ProgrsError(f"--resume: {path} lacks {', '.join(missing)} (expected the state "
+                          "progrs.py saves)")
+    if state["step"] >= args.steps:
+        raise ProgrsError(f"--resume: the run in {args.out} has done {state['step']} of its "
+                          f"{args.steps} steps; pass a larger --steps to go on")
+    return state
+
+# --------------------------------------------------------------------------------------------------
 # Main: flags -> defaults, device and --out -> data -> model -> PRM -> train
 
 def pick_device(args) -> tuple[torch.device, bool]:
-    name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    """(device, bf16 autocast) from --device and --dtype; one line if the device is not here."""
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     with contextlib.suppress(RuntimeError):
         device = torch.device(name)
-        if device.type == "cpu" or device.type == "cuda" and (device.index or 0) < torch.cuda.device_count():
-            return device, args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
-    raise ProgrsError(f"--device {args.device}: not available on this machine (expected auto, cpu, or "
-                      f"cuda:N with N < {torch.cuda.device_count()}, the CUDA devices here)")
+        cuda_here = device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
+        if device.type == "cpu" or cuda_here:
+            bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
+            return device, bf16
+    raise ProgrsError(f"--device {args.device}: not available on this machine (expected auto, cpu, "
+                      f"or cuda:N with N < {torch.cuda.device_count()}, the CUDA devices here)")
 
 def load_model(name: str, device: torch.device, flag: str = "--model"):
     from transformers import AutoModelForCausalLM
@@ -929,16 +1341,18 @@ def load_model(name: str, device: torch.device, flag: str = "--model"):
     model.to(device).eval()
     with torch.no_grad():  # token_logprobs reads the head as a linear map of the last hidden state
         ids = torch.tensor([[0, 1, 2]], device=device)
-        ref = model(input_ids=ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])
+        logits = model(input_ids=ids).logits.float()                             # (1, 3, V)
+        ref = logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])        # (2, 1)
         ours = token_logprobs(model, ids, torch.ones_like(ids), 1, 1.0, contextlib.nullcontext)
     if not torch.allclose(ours.flatten(), ref.flatten(), atol=1e-3):
         raise ProgrsError(f"{flag} {name}: its logits are not a linear head on the last hidden state")
     return model, tokenizer
 
 def quantile_index(prm, tau: float | None = None) -> int:
-    """The column of the PRM's quantiles a run reads: tau (--prm-quantile), else the quantile the PRM's
-    config names (progrs_quantile), else its lowest. progrs.py and the TRL trainer both use this rule."""
-    tau = tau if tau is not None else prm.default_tau if prm.default_tau is not None else prm.taus[0]
+    """The column of the PRM's quantiles a run reads: tau (--prm-quantile), else the quantile the
+    PRM's config names (progrs_quantile), else its lowest."""
+    if tau is None:
+        tau = prm.default_tau if prm.default_tau is not None else prm.taus[0]
     if tau not in prm.taus:
         raise ProgrsError(f"--prm-quantile: expected one of this PRM's taus {prm.taus}, got {tau}")
     return prm.taus.index(tau)
@@ -946,11 +1360,12 @@ def quantile_index(prm, tau: float | None = None) -> int:
 def build_prm(args, device, amp):
     """--prm toy -> ToyPRM, else ModelPRM, with prm.q_index the column this run reads."""
     if args.prm == "toy":
-        given = [flag for flag in ("--prm-tag", "--prm-tokens") if getattr(args, flag[2:].replace("-", "_"))]
-        if given: raise ProgrsError(f"{given[0]}: only a causal-LM PRM reads step tags; the toy PRM has none")
+        for flag in ("--prm-tag", "--prm-tokens"):
+            if getattr(args, attr(flag)):
+                raise ProgrsError(f"{flag}: only a causal-LM PRM reads step tags; the toy PRM has none")
         prm = ToyPRM()
-    else:  # a learned PRM: tiny_task/learned_prm.py reads it behind the same interface
-        prm = tiny_task_module("learned_prm").ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
+    else:
+        prm = ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
     prm.q_index = quantile_index(prm, args.prm_quantile)
     return prm
 
@@ -962,38 +1377,43 @@ def main(argv=None) -> dict:
     hf_logging.disable_progress_bar()
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # nor its offline retries' warnings
     device, bf16 = pick_device(args)
-    run_folder = tiny_task_module("run_folder")
-    run_folder.prepare_out(args.out, args.resume)   # a run never starts work it cannot save
+    prepare_out(args.out, args.resume)
     size = apply_defaults(args)
-    state = run_folder.resume_state(args) if args.resume else None
+    state = resume_state(args) if args.resume else None
     check_source("--model", args.model)  # a typo fails here, not after a download
     train_set = load_data(args.data, "train", "--data")
     eval_set = load_data(args.eval_data, "test", "--eval-data")[:args.eval_size or None]
     model, tokenizer = load_model(str(Path(args.out) / "model") if state else args.model, device)
-    # a resumed run's KL is to the initial model, not the checkpoint (a fresh run copies the model)
-    ref_model = load_model(args.model, device)[0].requires_grad_(False) if state and args.kl_coef else None
+    ref_model = None  # a resumed run's KL is to the initial model, not the checkpoint
+    if state and args.kl_coef:
+        ref_model = load_model(args.model, device)[0].requires_grad_(False)
     amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
     prm = build_prm(args, device, amp)
-    why = (f"--defaults {size}" if args.defaults != "auto" else
-           "in tiny_task/" if size == "tiny" else "not in tiny_task/")
-    print(f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {device}"
+    if args.defaults != "auto":
+        why = f"--defaults {size}"
+    else:
+        why = "in tiny_task/" if size == "tiny" else "not in tiny_task/"
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model {args.model}: {n_params:.2f}M parameters, {device}"
           f"{' (bf16 autocast)' if bf16 else ''}; {size} defaults ({why}); {len(train_set)} train / "
-          f"{len(eval_set)} eval problems; PRM {args.prm}, tau {prm.taus[prm.q_index]}\n"
-          f"{json.dumps(vars(args), default=str)}")
-    if args.lam >= (bound := max_dominant_lam(args.group_size, args.mode)):
+          f"{len(eval_set)} eval problems; PRM {args.prm}, tau {prm.taus[prm.q_index]}")
+    print(json.dumps(vars(args), default=str))
+    bound = max_dominant_lam(args.group_size, args.mode)
+    if args.lam >= bound:
         print(f"warning: --lam {args.lam} >= {bound:.2f}, the bound for --mode {args.mode} with G="
-              f"{args.group_size}: a wrong rollout can reach a right rollout's advantage", file=sys.stderr)
+              f"{args.group_size}: a wrong rollout can reach a right rollout's advantage",
+              file=sys.stderr)
     if state is None:
         (Path(args.out) / "config.json").write_text(json.dumps(vars(args), indent=2, default=str))
-        for seed in (random.seed, np.random.seed, torch.manual_seed):
-            seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
     return train(model, tokenizer, train_set, eval_set, args, amp, prm, state, ref_model)
 
 if __name__ == "__main__":
-    import progrs  # the module tiny_task/'s helpers import too: one ProgrsError, not two
     try:
-        progrs.main()
-    except progrs.ProgrsError as e:
+        main()
+    except ProgrsError as e:
         sys.exit(f"progrs.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit("progrs.py: interrupted; metrics so far are in OUT/metrics.jsonl and the last "

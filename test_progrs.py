@@ -31,9 +31,6 @@ from progrs import (ToyPRM, check_equations, coherence_score, compute_advantages
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "tiny_task"))
-import gsm8k  # noqa: E402  (tiny_task/gsm8k.py: --data gsm8k's download)
-import learned_prm  # noqa: E402  (tiny_task/learned_prm.py: the learned PRMs behind --prm FOLDER)
-import run_folder  # noqa: E402  (tiny_task/run_folder.py: checkpoints, --out and --resume)
 import controls  # noqa: E402  (tiny_task/controls.py: the comparisons' experiment controls)
 TINY_MODEL = HERE / "tiny_task" / "model"
 # the real GSM8K test split, for the tests that read it: PROGRS_GSM8K_TEST, else beside the checkout
@@ -292,7 +289,7 @@ def fake_release(monkeypatch, payload: bytes):
     import io
     import urllib.request
     asked = []
-    monkeypatch.setitem(gsm8k.GSM8K_SPLITS, "test",
+    monkeypatch.setitem(progrs.GSM8K_SPLITS, "test",
                         (payload.count(b"\n"), hashlib.sha256(payload).hexdigest()))
 
     def urlopen(url, timeout=None):
@@ -309,7 +306,7 @@ def test_gsm8k_is_downloaded_once_checked_and_cached(tmp_path, monkeypatch):
     asked = fake_release(monkeypatch, payload)
     problems = progrs.load_data("gsm8k", "test", "--eval-data")
     assert [p["gold"] for p in problems] == ["1", "2", "3", "4", "5"]
-    assert asked == [f"{gsm8k.GSM8K_URL}/test.jsonl"]
+    assert asked == [f"{progrs.GSM8K_URL}/test.jsonl"]
     assert (tmp_path / "gsm8k_test.jsonl").read_bytes() == payload
     progrs.load_data("gsm8k", "test", "--eval-data")
     assert len(asked) == 1                                            # cached: no second download
@@ -320,7 +317,7 @@ def test_gsm8k_with_the_wrong_content_or_no_network_is_one_clear_error(tmp_path,
     import urllib.request
     monkeypatch.setenv("PROGRS_CACHE", str(tmp_path))
     fake_release(monkeypatch, b'{"question": "q", "answer": "1"}\n')
-    gsm8k.GSM8K_SPLITS["test"] = (1, "0" * 64)                      # a release we did not pin
+    progrs.GSM8K_SPLITS["test"] = (1, "0" * 64)                      # a release we did not pin
     with pytest.raises(progrs.ProgrsError, match="not the pinned GSM8K test split.*--eval-data"):
         progrs.load_data("gsm8k", "test", "--eval-data")
     assert not list(tmp_path.iterdir())                               # nothing cached
@@ -337,7 +334,7 @@ def test_gsm8k_with_the_wrong_content_or_no_network_is_one_clear_error(tmp_path,
 @pytest.mark.skipif(not GSM8K.exists(), reason="no GSM8K test file (set PROGRS_GSM8K_TEST)")
 def test_pinned_gsm8k_test_split_is_the_shared_copy():
     data = GSM8K.read_bytes()
-    assert (data.count(b"\n"), hashlib.sha256(data).hexdigest()) == gsm8k.GSM8K_SPLITS["test"]
+    assert (data.count(b"\n"), hashlib.sha256(data).hexdigest()) == progrs.GSM8K_SPLITS["test"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -868,7 +865,7 @@ def save_token_classifier(path, labels, seed=0):
 
 
 def cpu_prm(path):
-    return learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp)
+    return progrs.ModelPRM(str(path), torch.device("cpu"), no_amp)
 
 
 QUESTION, STEPS = "What is 47 + 28 - 19?", ["47 + 28 = 75", "so subtract 19", "75 - 19 = 56"]
@@ -879,7 +876,7 @@ def test_two_class_prm_reads_the_probability_of_a_good_step(tmp_path):
     assert prm.kind == "two-class" and prm.taus == (0.5,) and prm.good == 1
     q = score_one(prm, QUESTION, STEPS)
     assert q.shape == (3, 1) and ((q > 0) & (q < 1)).all()
-    ids, ends = learned_prm.prm_inputs(prm.tokenizer, QUESTION, STEPS)
+    ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
     with torch.no_grad():
         z = prm.model(input_ids=torch.tensor([ids])).logits[0, ends]  # read at each step's last token
     assert torch.allclose(q[:, 0], z.softmax(-1)[:, 1], atol=1e-6)
@@ -892,7 +889,7 @@ def test_quantile_prm_never_crosses_and_batches_like_one_at_a_time(tmp_path):
     assert prm.kind == "quantile" and prm.taus == (0.1, 0.5, 0.9)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(10000, 3, generator=g) * 20
-    q = learned_prm.quantiles_from_logits(z)
+    q = progrs.quantiles_from_logits(z)
     assert (q[:, 1:] >= q[:, :-1]).all() and ((q >= 0) & (q <= 1)).all()
     questions = ["What is 3 + 4?", QUESTION, "What is 1 + 1 + 1?", QUESTION, QUESTION]
     steps = [["3 + 4 = 7"], STEPS, [], STEPS[:1], STEPS]                # repeats are scored once
@@ -1257,11 +1254,11 @@ def test_build_prm_reads_the_flag_else_the_configs_quantile_else_the_lowest():
 def test_prm_inputs_end_each_step_at_its_last_token(tiny):
     _, tok = tiny
     prompt = progrs.build_prompt(QUESTION)
-    ids, ends = learned_prm.prm_inputs(tok, QUESTION, STEPS)
+    ids, ends = progrs.prm_inputs(tok, QUESTION, STEPS)
     assert ends[-1] == len(ids) - 1
     for k, e in enumerate(ends):                                      # up to and including "step\n"
         assert tok.decode(ids[:e + 1]) == prompt + "".join(s + "\n" for s in STEPS[:k + 1])
-    ids, ends = learned_prm.prm_inputs(tok, QUESTION, STEPS, tag="#")
+    ids, ends = progrs.prm_inputs(tok, QUESTION, STEPS, tag="#")
     for k, e in enumerate(ends):                                      # at the tag, before its newline
         assert tok.decode(ids[:e + 1]) == prompt + "".join(f"{s} #\n" for s in STEPS[:k]) + f"{STEPS[k]} #"
     assert tok.decode(ids) == prompt + "".join(f"{s} #\n" for s in STEPS)
@@ -1271,12 +1268,12 @@ def test_learned_prms_read_the_logits_at_each_steps_last_token(tmp_path):
     """A quantile head against a forward pass done by hand; steps past the PRM's context get NaN (no
     opinion). The causal LM read at a step tag: test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag."""
     prm = cpu_prm(save_token_classifier(tmp_path / "qm", ["q0.1", "q0.5", "q0.9"], seed=3))
-    ids, ends = learned_prm.prm_inputs(prm.tokenizer, QUESTION, STEPS)
+    ids, ends = progrs.prm_inputs(prm.tokenizer, QUESTION, STEPS)
     with torch.no_grad():
         z = prm.model(input_ids=torch.tensor([ids])).logits[0]
     got = score_one(prm, QUESTION, STEPS)
-    assert torch.allclose(got, learned_prm.quantiles_from_logits(z[ends]), atol=1e-5)
-    assert not torch.allclose(got, learned_prm.quantiles_from_logits(z[[e - 1 for e in ends]]), atol=1e-3)
+    assert torch.allclose(got, progrs.quantiles_from_logits(z[ends]), atol=1e-5)
+    assert not torch.allclose(got, progrs.quantiles_from_logits(z[[e - 1 for e in ends]]), atol=1e-3)
     prm.max_len = ends[1] + 1                                         # a context that ends at step 2
     cut = score_one(prm, QUESTION, STEPS)
     assert torch.allclose(cut[:2], got[:2], atol=1e-5) and torch.isnan(cut[2]).all()  # no opinion
@@ -1602,17 +1599,16 @@ SLOW_SAVE = r"""
 import sys, time
 from pathlib import Path
 import torch, progrs
-run_folder = progrs.tiny_task_module("run_folder")
 model, tok = progrs.load_model(sys.argv[1], torch.device("cpu"))
 out = Path(sys.argv[2])
-run_folder.save_checkpoint(model, tok, out, 1, {"step": 1})    # a whole checkpoint
+progrs.save_checkpoint(model, tok, out, 1, {"step": 1})    # a whole checkpoint
 real = model.save_pretrained
 def slow(path, *args, **kwargs):                         # writes the weights, then stalls
     real(path, *args, **kwargs)
     print("writing", flush=True)
     time.sleep(600)
 model.save_pretrained = slow
-run_folder.save_checkpoint(model, tok, out, 2, {"step": 2})  # killed while model.tmp is half written
+progrs.save_checkpoint(model, tok, out, 2, {"step": 2})  # killed while model.tmp is half written
 """
 
 
@@ -1630,11 +1626,11 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_resuming_run(tmp_path):
     assert child.returncode == -signal.SIGKILL
     # a fresh run into the folder is refused, and touches nothing
     with pytest.raises(progrs.ProgrsError, match="--resume.*another --out"):
-        run_folder.prepare_out(str(out))
+        progrs.prepare_out(str(out))
     assert sorted(p.name for p in out.iterdir()) == ["model", "model.tmp"]
     # --resume cleans up, says so on one line, and keeps the whole checkpoint
     logged = []
-    run_folder.prepare_out(str(out), resume=True, log=logged.append)
+    progrs.prepare_out(str(out), resume=True, log=logged.append)
     assert len(logged) == 1 and "removed model.tmp/" in logged[0]
     assert sorted(p.name for p in out.iterdir()) == ["model"]
     assert json.loads((out / "model" / "progrs_step.json").read_text()) == {"step": 1}  # the whole one
@@ -1643,21 +1639,21 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_resuming_run(tmp_path):
 def test_a_save_killed_between_its_two_renames_gets_the_last_model_back(tmp_path, tiny):
     """model -> model.old, then model.tmp -> model: killed in between, model/ is missing."""
     model, tok = tiny
-    run_folder.save_checkpoint(model, tok, tmp_path, 3, {"step": 3})
+    progrs.save_checkpoint(model, tok, tmp_path, 3, {"step": 3})
     (tmp_path / "model").rename(tmp_path / "model.old")
     (tmp_path / "model.tmp").mkdir()
     (tmp_path / "model.tmp" / "progrs_step.json").write_text(json.dumps({"step": 4}))
     logged = []
-    run_folder.prepare_out(str(tmp_path), resume=True, log=logged.append)
+    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
     assert len(logged) == 2 and "restored model/ from model.old/" in logged[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 3}
     assert (tmp_path / "model" / "model.safetensors").exists()
     # killed after the second rename: model/ is the new one, model.old/ only a leftover
-    run_folder.save_checkpoint(model, tok, tmp_path, 5, {"step": 5})
+    progrs.save_checkpoint(model, tok, tmp_path, 5, {"step": 5})
     shutil.copytree(tmp_path / "model", tmp_path / "model.old")
     logged.clear()
-    run_folder.prepare_out(str(tmp_path), resume=True, log=logged.append)
+    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
     assert len(logged) == 1 and "removed model.old/" in logged[0]
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -1682,11 +1678,11 @@ def save_step_tag_prm(path, tag="<step>", config_tag=False, seed=0):
 
 def test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag(tmp_path):
     path = save_step_tag_prm(tmp_path / "ms")
-    prm = learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<step>", tokens="+,-")
+    prm = progrs.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<step>", tokens="+,-")
     steps = ["47 + 28 = 75", "75 - 19 = 56", "so the answer follows"]
     got = score_one(prm, QUESTION, steps)                                               # (S, 1)
     tok, model = prm.tokenizer, prm.model
-    ids, ends = learned_prm.prm_inputs(tok, QUESTION, steps, "<step>")
+    ids, ends = progrs.prm_inputs(tok, QUESTION, steps, "<step>")
     assert [ids[e] for e in ends] == [tok.convert_tokens_to_ids("<step>")] * len(steps)  # read at the tag
     plus, minus = (tok.encode(t, add_special_tokens=False)[0] for t in ("+", "-"))
     with torch.no_grad():
@@ -1697,7 +1693,7 @@ def test_step_tag_prm_reads_the_plus_minus_ratio_at_each_tag(tmp_path):
     assert torch.allclose(got[:, 0], want, atol=1e-5)
     assert not torch.allclose(want, want[:1].expand(3), atol=1e-3)                 # steps differ
     # the tag and tokens can come from the PRM's config instead of the flags
-    cfg = learned_prm.ModelPRM(str(save_step_tag_prm(tmp_path / "cfg", config_tag=True)), torch.device("cpu"),
+    cfg = progrs.ModelPRM(str(save_step_tag_prm(tmp_path / "cfg", config_tag=True)), torch.device("cpu"),
                           no_amp)
     assert cfg.tag == "<step>" and torch.allclose(score_one(cfg, QUESTION, steps), got, atol=1e-6)
 
@@ -1706,7 +1702,7 @@ def test_step_tag_prm_with_a_wrong_tag_or_token_is_one_clear_error(tmp_path):
     path = str(save_step_tag_prm(tmp_path / "ms"))
     for tag, tokens in (("ки", "+,-"), ("<step>", "+,plus sign"), ("<step>", "+")):
         with pytest.raises(progrs.ProgrsError, match="--prm-tag / --prm-tokens") as e:
-            learned_prm.ModelPRM(path, torch.device("cpu"), no_amp, tag=tag, tokens=tokens)
+            progrs.ModelPRM(path, torch.device("cpu"), no_amp, tag=tag, tokens=tokens)
         assert "\n" not in str(e.value) and path in str(e.value)
 
 
@@ -2247,7 +2243,7 @@ def test_trl_trainer_shares_the_quantile_rule_and_reads_lam_var(monkeypatch):
     from trl_progrs import ProgrsGRPOTrainer
     monkeypatch.setattr(trl.GRPOTrainer, "__init__",
                         lambda self, *a, **k: setattr(self, "num_generations", 8))
-    learned = learned_prm.ModelPRM(str(HERE / "tiny_task" / "prm"), torch.device("cpu"), no_amp)
+    learned = progrs.ModelPRM(str(HERE / "tiny_task" / "prm"), torch.device("cpu"), no_amp)
     assert ProgrsGRPOTrainer(prm=learned).q_index == learned.taus.index(0.5) == progrs.quantile_index(learned)
     assert ProgrsGRPOTrainer(prm=learned, prm_quantile=0.9).q_index == 2
     texts = ["1 + 1 = 2\n2 + 2 = 5\n5 + 1 = 6\nAnswer: 6", "1 + 1 = 2\n2 + 2 = 4\nAnswer: 4"]
@@ -2282,9 +2278,9 @@ def test_quantile_labels_with_two_decimals_and_the_step_tag_flag_over_the_config
     path = save_step_tag_prm(tmp_path / "tag", tag="<alt>")
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps(dict(config, progrs_step_tag="<step>")))  # not one token
-    assert learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<alt>").tag == "<alt>"
+    assert progrs.ModelPRM(str(path), torch.device("cpu"), no_amp, tag="<alt>").tag == "<alt>"
     with pytest.raises(progrs.ProgrsError, match="<step>"):                # without the flag: the config's
-        learned_prm.ModelPRM(str(path), torch.device("cpu"), no_amp)
+        progrs.ModelPRM(str(path), torch.device("cpu"), no_amp)
 
 
 def test_bf16_on_cpu_is_used_and_eval_size_0_means_every_problem(tmp_path, monkeypatch, capsys):

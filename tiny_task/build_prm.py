@@ -11,9 +11,9 @@
    25,000 continuations, and 12,600 for the held-out labels, takes about 2.5 of the 3.5 minutes.
 2. Model: Qwen2ForTokenClassification with three outputs, id2label {0: "q0.1", 1: "q0.5", 2: "q0.9"},
    its body the warm start's and its head new (Hugging Face's dropout of 0.1 before the head, in
-   training only). It reads learned_prm.prm_inputs(tokenizer, question, steps) at each step's last
-   token, and learned_prm.quantiles_from_logits turns its three outputs into quantiles that cannot
-   cross: the trainer's loader (learned_prm.ModelPRM) calls the same two functions, so both read the
+   training only). It reads progrs.prm_inputs(tokenizer, question, steps) at each step's last
+   token, and progrs.quantiles_from_logits turns its three outputs into quantiles that cannot
+   cross: the trainer's loader (progrs.ModelPRM) calls the same two functions, so both read the
    PRM alike.
 3. Loss: the pinball loss at tau = 0.1, 0.5, 0.9 against the labels, averaged over steps; AdamW,
    TRAIN_STEPS = 300 steps of 32 solutions (about 12 passes over the 800), warmup then linear decay.
@@ -21,7 +21,7 @@
    (pinball 0.042, against 0.054) and the held-out labels worse (0.062, against 0.057), and a
    learning rate of 3e-3 did no better than 1e-3.
 4. Held out: labels made the same way on 394 prefixes of the first 200 test problems. The saved PRM,
-   loaded by learned_prm.ModelPRM, the rule PRM (progrs.ToyPRM) and a constant (the train labels'
+   loaded by progrs.ModelPRM, the rule PRM (progrs.ToyPRM) and a constant (the train labels'
    quantiles) are scored on them: pinball loss, coverage, reliability and what each over-rates, as
    Markdown on stdout and in tiny_task/prm_report.md.
 
@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from build_model import is_hasty  # noqa: E402
 from make_data import parse, render, steps as reference_steps  # noqa: E402
-from learned_prm import ModelPRM, prm_inputs, quantiles_from_logits  # noqa: E402
+from progrs import ModelPRM, prm_inputs, quantiles_from_logits  # noqa: E402
 from progrs import (ToyPRM, check_equations, completion_mask, is_correct, load_problems,  # noqa: E402
                     split_steps)
 

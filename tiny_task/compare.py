@@ -221,7 +221,6 @@ def regime_stats(model_dir: Path, problems: list[dict], seed: int = 0) -> dict:
     """G samples per problem from the warm start, judged, and scored by each PRM."""
     import torch
     from transformers.utils import logging as hf_logging
-    import learned_prm
     import progrs
 
     hf_logging.disable_progress_bar()
@@ -235,7 +234,7 @@ def regime_stats(model_dir: Path, problems: list[dict], seed: int = 0) -> dict:
     per_rollout = [p for p in problems for _ in range(G)]
     scored = {name: progrs.score_completions(per_rollout, texts, prm, prm.taus.index(q), 1.0)
               for name, prm, q in (("rule", progrs.ToyPRM(), 0.1),
-                                   ("learned", learned_prm.ModelPRM(str(HERE / "prm"), device, amp), 0.5))}
+                                   ("learned", progrs.ModelPRM(str(HERE / "prm"), device, amp), 0.5))}
     correct = [bool(c) for c in scored["rule"]["correct"]]       # the verifier: the same for both
     groups = [correct[i:i + G] for i in range(0, len(correct), G)]
     st = dict(right=statistics.mean(correct),

@@ -29,7 +29,7 @@ import argparse, concurrent.futures, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-P, L, R, G = "progrs.py", "tiny_task/learned_prm.py", "tiny_task/run_folder.py", "tiny_task/gsm8k.py"
+P = L = R = G = "progrs.py"  # the learned PRMs, the run folder and GSM8K live in progrs.py too
 T = "tiny_task/trl_progrs.py"
 
 # (file, what the bug is, the exact original text, its replacement, the tests that should notice: pytest -k)

@@ -65,7 +65,7 @@ class _Column:
 
 class ProgrsGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with PROGRS advantages. Extra arguments, as progrs.py's flags:
-    prm (progrs.ToyPRM() or learned_prm.ModelPRM), mode ("progrs" | "outcome" | "absolute" |
+    prm (progrs.ToyPRM() or progrs.ModelPRM), mode ("progrs" | "outcome" | "absolute" |
     "progrs-strict"), lam, prm_quantile (default: the quantile the PRM's config names, else its
     lowest, as progrs.py), lam_var.
     The train dataset needs "prompt", "question" and "gold" columns (progrs_dataset makes them)."""
