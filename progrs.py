@@ -6,11 +6,11 @@ final answer stays in charge. The key move is outcome-conditioned centering: ins
 group of rollouts, the process scores b of the *incorrect* rollouts are shifted to zero mean, so the
 PRM can rank wrong answers against each other but can never lift wrong answers as a class.
 
-    pip install -r requirements.txt && python progrs.py   # the tiny model in tiny_task/, CPU, offline
-    python progrs.py --mode outcome                  # plain GRPO, for comparison
-    python progrs.py --prm tiny_task/prm             # a learned quantile-regression PRM
-    python progrs.py --model Qwen/Qwen2.5-0.5B       # on a GPU: CUDA + bf16, GSM8K, LLM defaults
-    python progrs.py --out out --resume              # continue a run from its last checkpoint
+    pip install -r requirements.txt && python progrs.py  # tiny model in tiny_task/, CPU, offline
+    python progrs.py --mode outcome                 # plain GRPO, for comparison
+    python progrs.py --prm tiny_task/prm            # a learned quantile-regression PRM
+    python progrs.py --model Qwen/Qwen2.5-0.5B      # on a GPU: CUDA + bf16, GSM8K, LLM defaults
+    python progrs.py --out out --resume             # continue a run from its last checkpoint
     pytest test_progrs.py
 
 Read top to bottom: the PROGRS idea as pure functions, then the pipeline in the order a step runs.
@@ -23,28 +23,11 @@ Our reading, where the abstract is silent (marked "our reading" in the code): A 
 right rollouts keeping b; the verified answer is the first committed answer line, and decoding stops
 there; steps are the lines before it; windows of 2 and 4 judged steps; the default PRM is a toy that
 checks each step's arithmetic, read at its lowest quantile.
-Left out: a value network; by default, a KL to a reference model (--kl-coef) and more than one update
-per batch (--ppo-epochs > 1 clips the ratio).
+Left out: a value network; by default, a KL to a reference model (--kl-coef) and more than one
+update per batch (--ppo-epochs > 1 clips the ratio).
 """
-import argparse
-import ast
-import collections
-import contextlib
-import copy
-import functools
-import hashlib
-import json
-import logging
-import math
-import operator
-import os
-import random
-import re
-import shutil
-import sys
-import tempfile
-import time
-import urllib.request
+import argparse, ast, collections, contextlib, copy, functools, hashlib, json, logging, math
+import operator, os, random, re, shutil, sys, tempfile, time, urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -57,10 +40,10 @@ import torch.utils.checkpoint
 # The PROGRS idea, as pure functions of (P, G) tensors: P prompts, G rollouts each (torch only)
 # Each rollout has an outcome r in {0, 1} (the verifier) and a process score b in [0, 1] (the PRM's
 # step scores, combined by coherence_score). The advantage of rollout j of prompt i:
-#     A_out_ij = (r_ij - mean_j r_i) / (std_j r_i + eps)    GRPO's outcome advantage (population std)
-#     c_ij     = b_ij - mean{ b_ik : r_ik = 0 }   if r_ij = 0        the centered bonus
-#     c_ij     = b_ij                             if r_ij = 1        (our reading: right ones keep b)
-#     A_ij     = A_out_ij + lam * c_ij                               (our reading)
+#     A_out_ij = (r_ij - mean_j r_i) / (std_j r_i + eps)   GRPO's advantage (population std)
+#     c_ij     = b_ij - mean{ b_ik : r_ik = 0 }   if r_ij = 0       the centered bonus
+#     c_ij     = b_ij                             if r_ij = 1       (our reading: right keeps b)
+#     A_ij     = A_out_ij + lam * c_ij                              (our reading)
 
 def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """Shift the process scores of each group's incorrect rollouts to zero mean.
@@ -70,9 +53,10 @@ def outcome_conditioned_centering(scores: torch.Tensor, correct: torch.Tensor) -
     returns: (P, G) centered bonus, same dtype/device/shape:
         c_ij = s_ij - mean{ s_ik : k incorrect }   if rollout j is incorrect
         c_ij = s_ij                                 if rollout j is correct
-    Rows with no incorrect rollout are unchanged; a single incorrect rollout gets 0; the sum is taken
-    in at least float32, so half-precision scores do not overflow. Among incorrect rollouts the PRM's
-    ranking survives, but their bonuses average to 0, so the PRM cannot lift wrong answers as a class.
+    Rows with no incorrect rollout are unchanged; a single incorrect rollout gets 0; the sum is
+    taken in at least float32, so half-precision scores do not overflow. Among incorrect rollouts
+    the PRM's ranking survives, but their bonuses average to 0: the PRM cannot lift wrong answers
+    as a class.
     >>> s = torch.tensor([[0.9, 0.2, 0.6, 0.4]])
     >>> ok = torch.tensor([[True, False, False, False]])
     >>> outcome_conditioned_centering(s, ok)
@@ -143,9 +127,9 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
 # Dominance: with k of G right (p = k/G), A_out(right) - A_out(wrong) = 1 / (sqrt(p(1-p)) + eps),
 # which lam times the widest right-wrong gap in c can close; below max_dominant_lam right stays
 # above wrong (at it, a tie). The bounds assume b in [0, 1] and the population std above:
-#   progrs:        right c = b >= 0, wrong c <= (n-1)/n (n = G - k wrong)  -> 2.58 at G = 8
-#   progrs-strict: right c >= -(k-1)/k as well                              -> 1.33 at G = 8, 1.03 at 64
-#   absolute:      right r + lam*b >= 1, wrong <= lam                       -> 1 at any G
+#   progrs:        right c = b >= 0, wrong c <= (n-1)/n (n = G - k wrong) -> 2.58 at G = 8
+#   progrs-strict: right c >= -(k-1)/k as well                     -> 1.33 at G = 8, 1.03 at 64
+#   absolute:      right r + lam*b >= 1, wrong <= lam              -> 1 at any G
 # A sample std (TRL's GRPO) shrinks the outcome gap by sqrt((G-1)/G): 2.42, not 2.58, at G = 8.
 
 def max_dominant_lam(group_size: int, mode: str = "progrs", eps: float = ADV_EPS) -> float:
@@ -196,8 +180,9 @@ FLUENT_POOL = 256
 def fluent_failures(b, correct, judged, right_b) -> torch.Tensor | None:
     """(N,) process scores, outcomes, has-a-judged-step, and the reference pool of right b's ->
     (N,) bool: wrong rollouts whose b reaches the pool's median (None for an empty pool).
-    >>> fluent_failures(torch.tensor([0.9, 0.7, 0.5, 0.0]), torch.tensor([True, False, False, False]),
-    ...                 torch.tensor([True, True, True, False]), [0.6, 0.7])
+    >>> b = torch.tensor([0.9, 0.7, 0.5, 0.0])
+    >>> ok = torch.tensor([True, False, False, False])
+    >>> fluent_failures(b, ok, torch.tensor([True, True, True, False]), [0.6, 0.7])
     tensor([False,  True, False, False])
     """
     pool = torch.tensor(list(right_b) + b[correct.bool()].tolist(), dtype=torch.float32)
@@ -219,31 +204,25 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("model", "--dtype", ["auto", "fp32", "bf16"], "auto", "bf16 autocast (auto: on cuda)", None),
     ("model", "--chat", bool, False, "wrap prompts in the tokenizer's chat template", None),
     ("model", "--defaults", ["auto", "tiny", "llm"], "auto",
-     "which default of each pair applies (auto: tiny for a model in tiny_task/, llm for any other)",
-     None),
-    ("data", "--data", str, (TINY_DATA[0], "gsm8k"), "train prompts: a JSONL file or `gsm8k`", None),
-    ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: a JSONL file or `gsm8k`",
-     None),
+     "which default of each pair applies (auto: tiny for a model in tiny_task/, else llm)", None),
+    ("data", "--data", str, (TINY_DATA[0], "gsm8k"), "train prompts: a JSONL file or gsm8k", None),
+    ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: JSONL or gsm8k", None),
     ("data", "--eval-size", int, (0, 500), "eval problems (0: all)", ">= 0"),
     ("data", "--eval-every", int, (20, 25), "steps between evals", ">= 1"),
-    ("data", "--eval-samples", int, 0, "K > 0: also sampled pass@1, K samples per problem", ">= 0"),
+    ("data", "--eval-samples", int, 0, "K > 0: also sampled pass@1, K samples a problem", ">= 0"),
     ("data", "--eval-batch", int, (256, 64), "rows per eval batch (problems x samples)", ">= 1"),
     ("rollouts", "--steps", int, (60, 200), "policy updates", ">= 1"),
     ("rollouts", "--prompts-per-step", int, (16, 16), "P: prompts per step", ">= 1"),
-    ("rollouts", "--group-size", int, 8, "G: rollouts per prompt (GRPO needs a group to compare)",
-     ">= 2"),
+    ("rollouts", "--group-size", int, 8, "G: rollouts per prompt (a group to compare)", ">= 2"),
     ("rollouts", "--max-new-tokens", int, (64, 512), "completion length cap", ">= 1"),
     ("rollouts", "--temperature", float, 1.0, "sampling temperature", "> 0"),
     ("rewards", "--mode", list(MODES), "progrs",
      "progrs: A_out + lam*c | outcome: plain GRPO | absolute: r + lam*b | progrs-strict", None),
     ("rewards", "--lam", float, 1.0, "weight of the centered bonus c", ">= 0"),
     ("rewards", "--prm", str, "toy", "toy | a PRM folder | a hub id", None),
-    ("rewards", "--prm-quantile", float, None,
-     "PRM quantile to read (None: its config's, or lowest)", None),
-    ("rewards", "--prm-tag", str, None,
-     "causal-LM PRM: the step tag (None: its config's, else ки)", None),
-    ("rewards", "--prm-tokens", str, None,
-     "causal-LM PRM: good,bad tokens (None: config's, or +,-)", None),
+    ("rewards", "--prm-quantile", float, None, "PRM tau to read (None: config's, or lowest)", None),
+    ("rewards", "--prm-tag", str, None, "causal-LM PRM: step tag (None: config's, or ки)", None),
+    ("rewards", "--prm-tokens", str, None, "causal-LM PRM: good,bad (None: config's or +,-)", None),
     ("rewards", "--lam-var", float, 1.0, "coherence volatility penalty", ">= 0"),
     ("optimisation", "--lr", float, (1e-4, 1e-6), "AdamW learning rate", "> 0"),
     ("optimisation", "--warmup-steps", int, 10, "linear learning-rate warmup", ">= 0"),
@@ -252,16 +231,20 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("optimisation", "--kl-coef", float, 0.0, "k3 KL to the initial model (0: off)", ">= 0"),
     ("optimisation", "--max-grad-norm", float, 1.0, "gradient clipping", "> 0"),
     ("logging", "--out", str, "out", "metrics.jsonl, config.json and model/ go here", None),
-    ("logging", "--save-every", int, None, "steps between checkpoints (None: --eval-every)", ">= 1"),
+    ("logging", "--save-every", int, None, "steps between checkpoints (None: --eval-every)",
+     ">= 1"),
     ("logging", "--seed", int, 0, "same seed, same CPU: same numbers", ">= 0"),
-    ("logging", "--resume", bool, False, "continue the run in --out from its last checkpoint", None),
+    ("logging", "--resume", bool, False, "continue the run in --out from its checkpoint", None),
 ]
-RESUME_MAY_CHANGE = ("--steps", "--device", "--out", "--resume")  # --resume refuses any other change
+RESUME_MAY_CHANGE = ("--steps", "--device", "--out", "--resume")  # --resume refuses the rest
 
 class ProgrsError(Exception):
     """Bad input: main() prints the message as one line and exits non-zero."""
 
 def first_line(e) -> str:
+    """An OSError's reason ("Permission denied"), else the message's first line, else its type."""
+    if getattr(e, "strerror", None):
+        return e.strerror
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
 
@@ -269,7 +252,7 @@ def attr(flag: str) -> str:
     return flag[2:].replace("-", "_")
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="PROGRS: GRPO with outcome-conditioned process rewards.")
+    p = argparse.ArgumentParser(description="PROGRS: GRPO with outcome-conditioned process rewards")
 
     def one_line_error(message):  # argparse would print the whole usage first
         p.exit(2, f"progrs.py: error: {message}\n")
@@ -343,7 +326,7 @@ def record_problem(rec) -> str | None:
     return None
 
 def load_problems(path) -> list[dict]:
-    """[{"question", "gold"}] from a JSONL file; any fault is one line naming the file (and line)."""
+    """[{"question", "gold"}] from a JSONL file; any fault is one line naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ProgrsError(f"{path}: no such data file ({EXPECTED_JSONL})")
@@ -364,17 +347,18 @@ def load_problems(path) -> list[dict]:
         problem = record_problem(rec)
         if problem:
             raise ProgrsError(f"{path}:{lineno}: {problem}")
-        problems.append({"question": rec["question"].strip(), "gold": parse_gold(str(rec["answer"]))})
+        gold = parse_gold(str(rec["answer"]))
+        problems.append({"question": rec["question"].strip(), "gold": gold})
     if not problems:
         raise ProgrsError(f"{path}: no records ({EXPECTED_JSONL})")
     return problems
 
 # GSM8K by name: the original release's split (MIT licence), downloaded once into PROGRS_CACHE
-# (default ~/.cache/progrs), checked against a pinned line count and sha256, and moved into place
-# whole, so a killed download never leaves a file that looks cached. PROGRS_GSM8K_URL names a
-# mirror.
+# (default ~/.cache/progrs), pinned by line count and sha256, moved into place whole (a killed
+# download never looks cached). PROGRS_GSM8K_URL names a mirror.
 
-GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
+GSM8K_URL = ("https://raw.githubusercontent.com/openai/grade-school-math/master/"
+             "grade_school_math/data")
 GSM8K_SPLITS = {"train": (7473, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
                 "test": (1319, "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14")}
 
@@ -392,16 +376,17 @@ def download_gsm8k(split: str, path: Path, flag: str) -> None:
     got_lines = data.count(b"\n")
     got_sha = hashlib.sha256(data).hexdigest()
     if (got_lines, got_sha) != (lines, sha):
-        raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split ({got_lines} "
-                          f"lines, sha256 {got_sha[:12]}...; expected {lines}, {sha[:12]}...); {hint}")
+        raise ProgrsError(f"{flag} gsm8k: {url} is not the pinned GSM8K {split} split "
+                          f"({got_lines} lines, sha256 {got_sha[:12]}...; expected {lines}, "
+                          f"{sha[:12]}...); {hint}")
     part = path.with_suffix(".part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(data)
         part.replace(path)
     except OSError as e:
-        raise ProgrsError(f"{flag} gsm8k: cannot write the cache {path} ({e.strerror or first_line(e)}); "
-                          f"set PROGRS_CACHE to a writable folder, or {hint}") from None
+        raise ProgrsError(f"{flag} gsm8k: cannot write the cache {path} ({first_line(e)}); set "
+                          f"PROGRS_CACHE to a writable folder, or {hint}") from None
 
 def load_data(value: str, split: str, flag: str) -> list[dict]:
     """A JSONL file, or `gsm8k` (downloaded once, then read from the cache)."""
@@ -417,20 +402,20 @@ def load_data(value: str, split: str, flag: str) -> list[dict]:
 INSTRUCTION = "Solve the problem. Write one step per line, then a last line 'Answer: <answer>'."
 
 def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
-    """Plain: INSTRUCTION / "Question: ..." / "Solution:". chat=True: the tokenizer's chat template."""
+    """Plain: INSTRUCTION / "Question: ..." / "Solution:". chat=True: the chat template."""
     if not chat:
         return f"{INSTRUCTION}\nQuestion: {question}\nSolution:\n"
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ProgrsError("--chat: this tokenizer has no chat template (drop --chat for a base model)")
+        raise ProgrsError("--chat: this tokenizer has no chat template (drop --chat for a base "
+                          "model)")
     messages = [{"role": "user", "content": f"{INSTRUCTION}\n{question}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 # --------------------------------------------------------------------------------------------------
-# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded.
-# On-policy: generate() gets a config of only our settings, swapped in for the model's own, which
-# would fill the rest (a hub model's top_k, repetition_penalty). Rows stop after the answer line
-# (the verifier's rule, next) or at EOS; the mask keeps EOS and is built from positions, not `token
-# == pad`.
+# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded, with
+# a config of our settings only (the model's own would add its top_k, repetition_penalty: off-
+# policy). Rows stop after the answer line (the verifier's rule, next) or at EOS; the mask keeps
+# EOS and is built from positions, not `token == pad`.
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
     """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or at stopped_at[row]
@@ -449,7 +434,7 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=No
 
 @functools.lru_cache(maxsize=8)
 def newline_tokens(tokenizer) -> torch.Tensor:
-    """(V,) bool: the token ids whose text holds a newline, the only places an answer line can end."""
+    """(V,) bool: the token ids whose text holds a newline, where an answer line can end."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     return torch.tensor(["\n" in t for t in texts])
 
@@ -493,10 +478,9 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     enc = enc.to(model.device)                                                   # (P, Tp), left pad
     Tp = enc["input_ids"].shape[1]
     eos_ids = eos_token_ids(model, tokenizer)
-    if temperature > 0:
+    sampling = dict(do_sample=False)  # greedy
+    if temperature > 0:               # the full softmax(logits / T): no top-k, no nucleus
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    else:
-        sampling = dict(do_sample=False)
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
     stop = StopAtAnswer(tokenizer, Tp)
@@ -517,12 +501,12 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
 
 # --------------------------------------------------------------------------------------------------
 # Verifier: exact match on the first committed answer.
-# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces matched) or holds "Answer:" (any case, **Answer:**
-# too) or "####", then text. Decoding stops there, so what a base model writes next (an invented
-# question and its "Answer: 7") is never judged or trained. No answer line -> r = 0, with no
-# fallback to "the last number". A numeric gold matches an answer holding exactly one number of that
-# value ("$1,234.00 dollars" == 1234; "5 or 6" never matches); any other gold is compared as a
-# string without `$`, `*` and a trailing period. All linear in the text.
+# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces
+# matched) or holds "Answer:" (any case, **Answer:** too) or "####", then text. Decoding stops
+# there, so what a base model writes next is never judged or trained. No answer line: r = 0 (no
+# fallback to "the last number"). A numeric gold matches an answer holding exactly one number of
+# that value ("$1,234.00 dollars" == 1234; "5 or 6" never); any other gold, a string without `$`,
+# `*`, a final period. All linear in the text.
 
 _ANSWER_MARK = re.compile(r"answer[*\s]{0,8}:|####", re.IGNORECASE)
 _BOX_EVENT = re.compile(r"\\boxed\s*\{|[{}]")
@@ -589,7 +573,7 @@ def _clean_answer(s: str) -> str:
     return s.replace("$", "").replace("*", "").strip().removesuffix(".").strip()
 
 def answers_match(pred: str, gold: str) -> bool:
-    """A numeric gold by value against the one number in pred; any other gold as a cleaned string."""
+    """A numeric gold by value against the one number in pred; any other as a cleaned string."""
     g = gold.strip().replace("$", "").replace(",", "").rstrip(".")
     if _NUMBER.fullmatch(g):  # exactly one value in pred (repeats allowed), equal to the gold's
         values = {Decimal(m.group().replace(",", "")) for m in _NUMBER.finditer(pred)}
@@ -600,9 +584,8 @@ def is_correct(completion: str, gold: str) -> bool:
     pred = extract_answer(completion)
     return pred is not None and answers_match(pred, gold)
 
-# Steps: the non-empty lines before the answer line (the prompt asks for one step per line, as GSM8K
-# writes them). Step counts are easy to hack with trivially valid steps: the trainer logs
-# steps/answer.
+# Steps: the non-empty lines before the answer line (one step a line, as GSM8K writes them). Step
+# counts are easy to hack with trivially valid steps: the trainer logs steps/answer.
 
 def split_steps(completion: str) -> list[str]:
     found = find_answer(completion)
@@ -611,12 +594,10 @@ def split_steps(completion: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. Each step
-# alone: false if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) ~
-# Beta(1 + e, 1) if true, Beta(1, 1 + e) if false (e = EVIDENCE); q_tau is its quantile ("47 + 28 =
-# 75": q_0.1 0.63, q_0.5 0.87, q_0.9 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a
-# real PRM's too: a miscopied number or a solution stopping one operation early is all sound steps,
-# a fluent failure. Left sides are at most MAX_EXPR characters of arithmetic before "=", so any
-# string scores in linear time.
+# alone: false if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) is
+# Beta(1 + e, 1) if true, Beta(1, 1 + e) if false (e = EVIDENCE), read at quantiles tau
+# ("47 + 28 = 75": 0.63, 0.87, 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a real
+# PRM's too: a miscopied number, or a solution stopping one operation early, is all sound steps.
 
 MAX_EXPR = 120    # characters of arithmetic before "="
 MAX_DIGITS = 15   # digits of one number
@@ -648,7 +629,7 @@ def _walk(node) -> float | None:
     return _BIN_OPS[type(node.op)](left, right)
 
 def safe_eval(expr: str, need_op: bool = False) -> float | None:
-    """+ - * / ( ) over numbers, else None (x/0, inf, too long): ast.parse builds a tree, no eval()."""
+    """+ - * / ( ) over numbers, else None (x/0, inf, too long): ast.parse, never eval()."""
     expr = _TIMES.sub("*", _THOUSANDS.sub("", expr))
     expr = expr.replace("$", "").replace("÷", "/").replace("–", "-").replace("−", "-").strip()
     if not expr or len(expr) > MAX_EXPR or _TOO_LONG_NUMBER.search(expr):
@@ -710,14 +691,9 @@ class ToyPRM:
         a = 1 + self.EVIDENCE
         true_step = [t ** (1 / a) for t in self.taus]              # Beta(a, 1): cdf x^a
         false_step = [1 - (1 - t) ** (1 / a) for t in self.taus]   # Beta(1, a): cdf 1 - (1 - x)^a
-        rows = []
-        for n_true, n_false in map(check_equations, steps):
-            if n_false:
-                rows.append(false_step)
-            elif n_true:
-                rows.append(true_step)
-            else:
-                rows.append([math.nan] * len(self.taus))             # unjudged
+        unjudged = [math.nan] * len(self.taus)
+        rows = [false_step if n_false else true_step if n_true else unjudged  # false wins
+                for n_true, n_false in map(check_equations, steps)]
         return torch.tensor(rows, dtype=torch.float32).reshape(len(steps), len(self.taus))  # (S, Q)
 
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
@@ -730,15 +706,12 @@ def check_source(flag: str, name: str) -> None:
     """A hub id, or a folder with config.json and tokenizer files: else one line, before loading."""
     path = Path(name)
     hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".")
-    problem = None
-    if path.is_file():
-        problem = "a file"
-    elif path.is_dir() and not (path / "config.json").is_file():
-        problem = "no config.json in this folder"
-    elif path.is_dir() and not any(path.glob("tokenizer*")):
-        problem = "no tokenizer files in this folder"
-    elif not path.exists() and not hub_id:
-        problem = "no such folder"
+    folder = path.is_dir()
+    problems = [(path.is_file(), "a file"),
+                (not path.exists() and not hub_id, "no such folder"),
+                (folder and not (path / "config.json").is_file(), "no config.json in this folder"),
+                (folder and not any(path.glob("tokenizer*")), "no tokenizer files in this folder")]
+    problem = next((text for found, text in problems if found), None)
     if problem is not None:
         raise ProgrsError(f"{flag} {name}: {problem} (expected a hub id or a saved model's folder: "
                           "config.json, weights and tokenizer files)")
@@ -752,7 +725,8 @@ def from_pretrained(flag: str, name: str, auto_class):
         config = tf.AutoConfig.from_pretrained(name)
         tokenizer = tf.AutoTokenizer.from_pretrained(name)
         model_class = auto_class(config)
-        model, info = model_class.from_pretrained(name, dtype=torch.float32, output_loading_info=True)
+        model, info = model_class.from_pretrained(name, dtype=torch.float32,
+                                                  output_loading_info=True)
     except Exception as e:  # whatever the library raises: no network, truncated weights, a head
         raise ProgrsError(f"{flag} {name}: could not load it ({first_line(e)})") from None
     if tokenizer.pad_token is None:
@@ -763,14 +737,10 @@ def is_causal_lm(config) -> bool:
     return any(a.endswith("ForCausalLM") for a in config.architectures or [])
 
 # --------------------------------------------------------------------------------------------------
-# Learned PRMs (frozen): --prm FOLDER or a hub id, behind the toy PRM's interface. Each step is
-# read at its last token:
-#   token classification with a quantile head (labels q0.1, q0.5, ...; quantiles that cannot cross);
-#   token classification with a two-class head (p(good));
-#   a causal LM at a step tag: p(good) / (p(good) + p(bad)) of the next token (Math-Shepherd: tag ки,
-#   tokens + and -; others from --prm-tag / --prm-tokens, else the config's progrs_step_tag and
-#   progrs_step_tokens).
-# A config may name the quantile to read (progrs_quantile); --prm-quantile wins (quantile_index).
+# Learned PRMs (frozen): --prm FOLDER or a hub id, behind the toy PRM's interface, each step read
+# at its last token: a token classifier with a quantile head (labels q0.1, q0.5, ...) or a two-class
+# head (p(good)); or a causal LM at a step tag, p(good) / (p(good) + p(bad)) of the next token
+# (Math-Shepherd: tag ки, tokens + and -; else --prm-tag / --prm-tokens, else the config's).
 
 STEP_SEP = "\n"
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
@@ -811,7 +781,7 @@ class ModelPRM:
         body = {n for n, _ in base.named_parameters(prefix=self.model.base_model_prefix)}
         if self.causal:  # the flags win over the config, the config over Math-Shepherd's
             self.tag = tag or getattr(config, "progrs_step_tag", "ки")
-            pair = tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", ["+", "-"])
+            pair = tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", "+-")
             ids = [self.tokenizer.encode(w, add_special_tokens=False) for w in [self.tag, *pair]]
             if len(ids) != 3 or any(len(i) != 1 for i in ids):
                 raise ProgrsError(f"--prm-tag / --prm-tokens: {[self.tag, *pair]} must each be one "
@@ -831,16 +801,17 @@ class ModelPRM:
         elif len(labels) == 2:
             self.kind = "two-class"
             self.taus = (0.5,)
-            good = [i for i, x in enumerate(labels) if _GOOD_LABEL.fullmatch(x.replace("LABEL_", ""))]
+            good = [i for i, x in enumerate(labels)
+                    if _GOOD_LABEL.fullmatch(x.replace("LABEL_", ""))]
             self.good = good[-1] if good else 1
         else:
-            raise ProgrsError(f"--prm {name}: expected a quantile head (labels q0.1, q0.5, ...) or a "
-                              f"two-class head, got {len(labels)} outputs {labels[:6]}")
+            raise ProgrsError(f"--prm {name}: expected a quantile head (labels q0.1, q0.5, ...) "
+                              f"or a two-class head, got {len(labels)} outputs {labels[:6]}")
         self.model.to(device).eval().requires_grad_(False)
         self.device = device
         self.amp = amp
         self.batch_size = batch_size
-        self.max_len = min(getattr(self.model.config, "max_position_embeddings", None) or 4096, 4096)
+        self.max_len = min(getattr(self.model.config, "max_position_embeddings", 0) or 4096, 4096)
         self.q_index = quantile_index(self)  # the column a run reads (build_prm sets it)
 
     def read(self, z: torch.Tensor) -> torch.Tensor:
@@ -853,7 +824,7 @@ class ModelPRM:
 
     @torch.no_grad()
     def score_batch(self, questions: list[str], steps: list[list[str]]) -> list[torch.Tensor]:
-        """Each distinct (question, steps) once (groups repeat completions), right-padded batches."""
+        """Each distinct (question, steps) once (groups repeat completions), right-padded."""
         keys = [(q, tuple(s)) for q, s in zip(questions, steps)]
         unique = list(dict.fromkeys(keys))
         items = [prm_inputs(self.tokenizer, q, list(s), self.tag) for q, s in unique]
@@ -861,15 +832,11 @@ class ModelPRM:
         out = []
         for i in range(0, len(items), self.batch_size):
             chunk = items[i:i + self.batch_size]
-            width = max(len(x) for x, _ in chunk)
-            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id)          # (b, L)
-            att = torch.zeros_like(ids)                                                 # (b, L)
-            for row, (x, _) in enumerate(chunk):
-                ids[row, :len(x)] = torch.tensor(x)
-                att[row, :len(x)] = 1
+            rows = [{"input_ids": x} for x, _ in chunk]
+            enc = self.tokenizer.pad(rows, padding_side="right", return_tensors="pt")  # (b, L)
             net = self.model.base_model if self.causal else self.model
             with self.amp():  # a causal LM's vocabulary head runs only at the steps' ends
-                h = net(input_ids=ids.to(self.device), attention_mask=att.to(self.device))
+                h = net(**enc.to(self.device))
             h = h.last_hidden_state if self.causal else h.logits                        # (b, L, .)
             for row, (_, ends) in enumerate(chunk):
                 at = h[row, [e for e in ends if e < self.max_len]]                      # (S', .)
@@ -881,16 +848,13 @@ class ModelPRM:
         return [scored[k] for k in keys]
 
 # --------------------------------------------------------------------------------------------------
-# Loss and update. Log-probs: fp32 logits / temperature (we sampled from softmax(logits / T)),
-# position ids rebuilt from the mask as generate() builds them for left-padded rows. The loss is
-# divided by N, the completion tokens of the *whole batch*, so micro-batching changes memory, never
-# the gradient:
+# Loss and update. Log-probs: fp32 logits / T (we sampled from softmax(logits / T)), position ids
+# rebuilt from the mask as generate() builds them for left-padded rows. Divided by N, the completion
+# tokens of the *whole batch*, so micro-batching changes memory, never the gradient:
 #     L = -(1/N) sum_i sum_t min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) [+ kl_coef * k3_it]
-# With --ppo-epochs 1 the old log-probs are this pass's, detached: rho = 1, the clip never acts:
-# this is REINFORCE with group baselines. The logged loss is then -(1/N) sum_i A_i len_i, a
-# length-weighted sum of advantages, not the gradient, and its sign says little: one 5-token right
-# rollout and seven 10-token wrong ones give +0.18 (b = 0). Watch accuracy. The k3 KL to the initial
-# model is off by default: with verifiable rewards the policy drifts little.
+# With --ppo-epochs 1, rho = 1 and the clip never acts: REINFORCE with group baselines. The logged
+# loss, -(1/N) sum_i A_i len_i, is length-weighted and not the gradient; its sign says little (one
+# 5-token right rollout, seven 10-token wrong ones, b = 0: +0.18). Watch accuracy.
 
 PPO_CLIP = 0.2
 LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 at 151,936
@@ -914,29 +878,27 @@ def token_logprobs(model, input_ids, attention_mask, prompt_len: int, temperatur
     B, T = input_ids.shape[0], input_ids.shape[1] - prompt_len
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                  # (B, Tp + T)
     with amp():
-        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids, use_cache=False)
-    hidden = out.last_hidden_state[:, prompt_len - 1:-1].reshape(B * T, -1)  # (B*T, H): predict y_t
+        body = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids, use_cache=False)
+    hidden = body.last_hidden_state[:, prompt_len - 1:-1].reshape(B * T, -1)  # (B*T, H): for y_t
     targets = input_ids[:, prompt_len:].reshape(B * T)                           # (B*T,)
     head = model.get_output_embeddings()
     rows = max(1, LOGIT_BLOCK // head.weight.shape[0])
-    logps = []
-    entropies = []
+    out = []   # (log-probs, entropies) of each block
     for i in range(0, B * T, rows):
         block = (hidden[i:i + rows], targets[i:i + rows], head.weight, head.bias, temperature)
-        if torch.is_grad_enabled():
-            logp, ent = torch.utils.checkpoint.checkpoint(_head_logprobs, *block, use_reentrant=False)
+        if torch.is_grad_enabled():  # keep only the block's inputs; recompute its logits backward
+            checkpointed = torch.utils.checkpoint.checkpoint
+            out.append(checkpointed(_head_logprobs, *block, use_reentrant=False))
         else:
-            logp, ent = _head_logprobs(*block)
-        logps.append(logp)
-        entropies.append(ent)
-    logp = torch.cat(logps).view(B, T)                                           # (B, T)
+            out.append(_head_logprobs(*block))
+    logp = torch.cat([x[0] for x in out]).view(B, T)                             # (B, T)
     if entropy:
-        return logp, torch.cat(entropies).view(B, T)
+        return logp, torch.cat([x[1] for x in out]).view(B, T)
     return logp
 
 def policy_loss(logp, old_logp, adv, mask, n_tokens, ref_logp=None, kl_coef=0.0):
-    """Clipped policy-gradient (+ optional k3 KL) loss of one micro-batch, over the whole batch's N."""
+    """Clipped policy-gradient (+ optional k3 KL) loss of one micro-batch, over the batch's N."""
     ratio = torch.exp(logp - old_logp)                                           # (b, T)
     a = adv[:, None]                                                             # (b, 1)
     per_token = -torch.min(ratio * a, ratio.clamp(1 - PPO_CLIP, 1 + PPO_CLIP) * a)
@@ -959,9 +921,7 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
     model.train()
     for epoch in range(args.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        kl_sum = 0.0
-        entropy_sum = 0.0
+        loss_sum = kl_sum = entropy_sum = 0.0
         for i, s in enumerate(slices):
             ids = batch["input_ids"][s]                                          # (b, Tp + T)
             att = batch["attention_mask"][s]                                     # (b, Tp + T)
@@ -971,7 +931,8 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
                 if ref_model is not None:
                     with torch.no_grad():
                         ref[i] = token_logprobs(ref_model, ids, att, Tp, args.temperature, amp)
-            loss, kl = policy_loss(logp, old[i], adv[s], mask[s], n_tokens, ref.get(i), args.kl_coef)
+            loss, kl = policy_loss(logp, old[i], adv[s], mask[s], n_tokens, ref.get(i),
+                                   args.kl_coef)
             loss.backward()
             loss_sum += loss.item()
             kl_sum += 0.0 if kl is None else kl.item()
@@ -994,13 +955,14 @@ def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
                       lam_var: float) -> dict:
     """Verify and PRM-score completions (one problem per text) at the PRM's q_index quantile. Text
     that makes verification raise is judged wrong with no steps (b = 0), counted in `unscorable`."""
-    out = {name: [] for name in "correct b step_scores n_steps trace_error unscorable judged".split()}
+    keys = "correct b step_scores n_steps trace_error unscorable judged".split()
+    out = {name: [] for name in keys}
     steps = []
     for prob, text in zip(problems, texts):
         try:
             s = split_steps(text)
             ok = is_correct(text, prob["gold"])
-            # a right answer reached through at least one false equation (the verifier cannot see it)
+            # a right answer reached through a false equation (the verifier cannot see it)
             trace_error = ok and any(check_equations(x)[1] > 0 for x in s)
             verdict = dict(correct=ok, trace_error=trace_error, unscorable=False, n_steps=len(s))
         except Exception:
@@ -1053,7 +1015,8 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=
         chunk = max(1, args.eval_batch // n)
         texts = []
         for i in range(0, len(problems), chunk):
-            prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in problems[i:i + chunk]]
+            questions = [p["question"] for p in problems[i:i + chunk]]
+            prompts = [build_prompt(q, tokenizer, args.chat) for q in questions]
             out = generate(model, tokenizer, prompts, n, args.max_new_tokens, temperature, amp,
                            args.chat)
             texts += out["texts"]
@@ -1076,7 +1039,7 @@ def _mean(x: torch.Tensor) -> float | None:
     return float(x.mean()) if x.numel() else None  # None (null): e.g. no right rollout this step
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
-    """One metrics line; marks batch["fluent"] (P, G) and adds the step's right b's to right_pool."""
+    """One metrics line; marks batch["fluent"] (P, G), adds the step's right b's to right_pool."""
     correct = batch["correct"]                                                   # (P, G)
     b = batch["b_grid"]                                                          # (P, G)
     c = batch["c"]                                                               # (P, G)
@@ -1125,7 +1088,8 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         lines.append(f"{ok:>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} {batch['c'][i, j]:+6.2f} "
                      f"{batch['a_out'][i, j]:+6.2f} {batch['adv'][i, j]:+6.2f}  {text}")
     if fluent[i].any():
-        lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts")
+        lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right "
+                     "rollouts")
     return "\n".join(lines)
 
 def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref_model=None,
@@ -1164,30 +1128,29 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
         ev = evaluate(model, tokenizer, eval_set, args, prm, amp, right_pool)
         rec = dict(ev, step=step, t_eval=time.perf_counter() - t0)
         print(json.dumps(rec), file=metrics_file, flush=True)
-        sampled = ""
-        if args.eval_samples:
-            sampled = (f", sampled pass@1 {ev['eval_sampled_accuracy']:.1%} "
-                       f"({args.eval_samples}/problem)")
+        sampled = f"{ev.get('eval_sampled_accuracy', 0):.1%} ({args.eval_samples}/problem)"
         log(f"step {step}: greedy pass@1 {ev['eval_accuracy']:.1%} on {len(eval_set)} problems"
-            f"{sampled}, trace errors {ev['eval_trace_error_rate']:.1%} of right answers, "
+            f"{', sampled pass@1 ' + sampled if args.eval_samples else ''}, trace errors "
+            f"{ev['eval_trace_error_rate']:.1%} of right answers, "
             f"{ev['eval_steps_per_answer']:.2f} steps/answer")
         return ev
 
     def save(step):
         metrics_file.flush()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        save_checkpoint(model, tokenizer, out_dir, step, dict(
-            step=step, optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
-            order_rng=order_rng.getstate(), queue=queue, right_pool=list(right_pool),
-            metrics=(out_dir / "metrics.jsonl").read_text(), torch_rng=torch.get_rng_state(),
-            cuda_rng=cuda_rng))
+        state = dict(step=step, optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                     order_rng=order_rng.getstate(), queue=queue, right_pool=list(right_pool),
+                     metrics=(out_dir / "metrics.jsonl").read_text(),
+                     torch_rng=torch.get_rng_state(), cuda_rng=cuda_rng)
+        save_checkpoint(model, tokenizer, out_dir, step, state)
 
     with open(out_dir / "metrics.jsonl", "w") as metrics_file:
         metrics_file.write(state["metrics"])    # what a resumed run had written by its checkpoint
-        evals = [json.loads(line) for line in state["metrics"].splitlines() if "eval_accuracy" in line]
+        lines = state["metrics"].splitlines()
+        evals = [json.loads(line) for line in lines if "eval_accuracy" in line]
         if state["step"] == 0:
             evals.append(run_eval(0, metrics_file))
-            view = [train_set[0]]  # before any update there is no batch yet: sample one group to show
+            view = [train_set[0]]  # no batch before the first update: sample one group to show
             log(teaching_view(rollout_step(model, tokenizer, view, args, prm, amp), view))
         else:
             log(f"resumed {args.out} after step {state['step']} of {args.steps}")
@@ -1195,7 +1158,8 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
             problems = next_problems()
             batch = rollout_step(model, tokenizer, problems, args, prm, amp)
             t0 = time.perf_counter()
-            upd = update_policy(model, optimizer, batch, batch["adv"].flatten(), args, amp, ref_model)
+            adv = batch["adv"].flatten()                                         # (P*G,)
+            upd = update_policy(model, optimizer, batch, adv, args, amp, ref_model)
             schedule.step()
             if ref_model is None:
                 del upd["kl"]
@@ -1204,15 +1168,14 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
                        t_update=time.perf_counter() - t0)
             print(json.dumps(rec), file=metrics_file, flush=True)
             log(f"step {step}: train accuracy {rec['train_accuracy']:.2f}, b "
-                f"{rec['process_score']:.2f}, fluent failures {rec['fluent_failure_rate'] or 0:.2f}, "
-                f"entropy {rec['entropy']:.3f}")
+                f"{rec['process_score']:.2f}, fluent failures {rec['fluent_failure_rate'] or 0:.2f}"
+                f", entropy {rec['entropy']:.3f}")
             if step % args.eval_every == 0 or step == args.steps:
                 evals.append(run_eval(step, metrics_file))
                 log(teaching_view(batch, problems))
             if step % args.save_every == 0 or step == args.steps:
                 save(step)
-    before = evals[0]
-    last = evals[-1]
+    before, last = evals[0], evals[-1]
     for key, name in (("eval_sampled_accuracy", "sampled"), ("eval_accuracy", "greedy")):
         if key in last:
             gain = 100 * (last[key] - before[key])
@@ -1221,14 +1184,12 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
     return dict(before=before, after=last)
 
 # --------------------------------------------------------------------------------------------------
-# The run folder, --out: metrics.jsonl, config.json (the flags) and model/, the last checkpoint. It
-# holds the weights and tokenizer (from_pretrained loads it as it is), the step (progrs_step.json)
-# and progrs_state.pt, the `state` train saves: optimizer, schedule, random streams, problem order,
-# the gauge's pool, the metrics written so far. A checkpoint is written whole in model.tmp/, then
-# swapped in by two renames (model/ -> model.old/, model.tmp/ -> model/), so a whole checkpoint
-# exists at every instant; prepare_out cleans up after a save killed midway.
+# The run folder, --out: metrics.jsonl, config.json (the flags) and model/, the last checkpoint:
+# weights, tokenizer, progrs_step.json and progrs_state.pt (what --resume needs beyond the weights).
+# A checkpoint is written whole in model.tmp/, then swapped in by two renames (model/ -> model.old/,
+# model.tmp/ -> model/): at every instant one whole checkpoint exists.
 
-CHECKPOINT_DIRS = ("model.tmp", "model", "model.old")  # being written, the checkpoint, the one before
+CHECKPOINT_DIRS = ("model.tmp", "model", "model.old")  # being written, the last one, the previous
 STATE_KEYS = ("step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics",
               "torch_rng", "cuda_rng")
 
@@ -1244,9 +1205,8 @@ def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict | No
         (tmp / "progrs_step.json").write_text(json.dumps({"step": step}))
     except Exception as e:  # a full disk: OSError, or safetensors' and torch's own errors
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = getattr(e, "strerror", None) or first_line(e)
-        raise ProgrsError(f"--out {out_dir}: could not write the step {step} checkpoint ({reason}); "
-                          "model/ still holds the last whole one") from None
+        raise ProgrsError(f"--out {out_dir}: could not write the step {step} checkpoint "
+                          f"({first_line(e)}); model/ still holds the last whole one") from None
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -1254,20 +1214,20 @@ def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict | No
 
 def prepare_out(out: str, resume: bool = False, log=print) -> None:
     """--out is writable and fresh (or, with --resume, holds a checkpoint); what an interrupted save
-    left there is cleaned up. Runs before any model loads: a run never starts work it cannot save."""
+    left there is cleaned up. Runs before any model loads: no run starts work it cannot save."""
     if not out.strip():
         raise ProgrsError("--out: expected a folder, got an empty name")
     out_dir = Path(out)
     tmp, final, old = (out_dir / d for d in CHECKPOINT_DIRS)
     used = [p.name for p in (out_dir / "metrics.jsonl", final, tmp, old) if p.exists()]
     if used and not resume:
-        raise ProgrsError(f"--out {out}: holds a run ({', '.join(used)}); pass --resume to continue "
-                          "it, or another --out")
+        raise ProgrsError(f"--out {out}: holds a run ({', '.join(used)}); pass --resume to "
+                          "continue it, or another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as e:
-        raise ProgrsError(f"--out {out}: cannot write there ({e.strerror or first_line(e)})") from None
+        raise ProgrsError(f"--out {out}: cannot write there ({first_line(e)})") from None
     if old.is_dir() and not final.exists():  # killed between the renames: old is the last whole one
         old.rename(final)
         log(f"{out}: restored model/ from model.old/, left by an interrupted checkpoint save")
@@ -1276,7 +1236,8 @@ def prepare_out(out: str, resume: bool = False, log=print) -> None:
             shutil.rmtree(d)
             log(f"{out}: removed {d.name}/, left by an interrupted checkpoint save")
     if resume and not (final / "progrs_state.pt").is_file():
-        raise ProgrsError(f"--resume: {out} holds no checkpoint to continue (model/progrs_state.pt)")
+        raise ProgrsError(f"--resume: {out} holds no checkpoint to continue "
+                          "(model/progrs_state.pt)")
 
 def resume_state(args) -> dict:
     """--resume: the run's own flags (OUT/config.json; only RESUME_MAY_CHANGE may differ) and its
@@ -1285,27 +1246,24 @@ def resume_state(args) -> dict:
     try:
         saved = json.loads(config.read_text())
     except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or first_line(e)
-        raise ProgrsError(f"--resume: cannot read {config} ({reason}); it holds the run's flags, "
-                          "written when the run started") from None
+        raise ProgrsError(f"--resume: cannot read {config} ({first_line(e)}); it holds the run's "
+                          "flags, written when the run started") from None
     if not isinstance(saved, dict):
-        raise ProgrsError(f"--resume: {config} holds no flags (expected a JSON object, as progrs.py "
-                          "writes)")
+        raise ProgrsError(f"--resume: {config} holds no flags (expected a JSON object, as "
+                          "progrs.py writes)")
     for _, flag, *_ in FLAGS:
         value = getattr(args, attr(flag))
-        if flag not in RESUME_MAY_CHANGE and value != saved.get(attr(flag)):
-            raise ProgrsError(f"--resume: {flag} {value} differs from the run's "
-                              f"{saved.get(attr(flag))} ({config}); rerun its command, or another --out")
+        was = saved.get(attr(flag))
+        if flag not in RESUME_MAY_CHANGE and value != was:
+            raise ProgrsError(f"--resume: {flag} {value} differs from the run's {was} ({config}); "
+                              "rerun its command, or another --out")
     path = Path(args.out) / "model" / "progrs_state.pt"
     try:  # on the CPU: --device may change, and load_state_dict moves the optimizer's tensors
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: torch raises many kinds
         raise ProgrsError(f"--resume: cannot read {path} ({first_line(e)}); the checkpoint is "
                           "damaged") from None
-    if isinstance(state, dict):
-        missing = [key for key in STATE_KEYS if key not in state]
-    else:
-        missing = list(STATE_KEYS)
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise ProgrsError(f"--resume: {path} lacks {', '.join(missing)} (expected the state "
                           "progrs.py saves)")
@@ -1319,10 +1277,9 @@ def resume_state(args) -> dict:
 
 def pick_device(args) -> tuple[torch.device, bool]:
     """(device, bf16 autocast) from --device and --dtype; one line if the device is not here."""
-    name = args.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    with contextlib.suppress(RuntimeError):
+    name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = name if args.device == "auto" else args.device
+    with contextlib.suppress(RuntimeError):  # a name torch cannot read
         device = torch.device(name)
         cuda_here = device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
         if device.type == "cpu" or cuda_here:
@@ -1345,7 +1302,8 @@ def load_model(name: str, device: torch.device, flag: str = "--model"):
         ref = logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])        # (2, 1)
         ours = token_logprobs(model, ids, torch.ones_like(ids), 1, 1.0, contextlib.nullcontext)
     if not torch.allclose(ours.flatten(), ref.flatten(), atol=1e-3):
-        raise ProgrsError(f"{flag} {name}: its logits are not a linear head on the last hidden state")
+        raise ProgrsError(f"{flag} {name}: its logits are not a linear head on the last hidden "
+                          "state")
     return model, tokenizer
 
 def quantile_index(prm, tau: float | None = None) -> int:
@@ -1362,7 +1320,8 @@ def build_prm(args, device, amp):
     if args.prm == "toy":
         for flag in ("--prm-tag", "--prm-tokens"):
             if getattr(args, attr(flag)):
-                raise ProgrsError(f"{flag}: only a causal-LM PRM reads step tags; the toy PRM has none")
+                raise ProgrsError(f"{flag}: only a causal-LM PRM reads step tags; the toy PRM has "
+                                  "none")
         prm = ToyPRM()
     else:
         prm = ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
@@ -1375,7 +1334,7 @@ def main(argv=None) -> dict:
     check_args(args)
     hf_logging.set_verbosity_error()     # errors here are ours, one line each; no loading reports
     hf_logging.disable_progress_bar()
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # nor its offline retries' warnings
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # nor offline retries' warnings
     device, bf16 = pick_device(args)
     prepare_out(args.out, args.resume)
     size = apply_defaults(args)
@@ -1389,14 +1348,12 @@ def main(argv=None) -> dict:
         ref_model = load_model(args.model, device)[0].requires_grad_(False)
     amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
     prm = build_prm(args, device, amp)
-    if args.defaults != "auto":
-        why = f"--defaults {size}"
-    else:
-        why = "in tiny_task/" if size == "tiny" else "not in tiny_task/"
+    why = "in tiny_task/" if size == "tiny" else "not in tiny_task/"
+    why = f"--defaults {size}" if args.defaults != "auto" else why
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model {args.model}: {n_params:.2f}M parameters, {device}"
-          f"{' (bf16 autocast)' if bf16 else ''}; {size} defaults ({why}); {len(train_set)} train / "
-          f"{len(eval_set)} eval problems; PRM {args.prm}, tau {prm.taus[prm.q_index]}")
+    print(f"model {args.model}: {n_params:.2f}M parameters, {device}{' (bf16 autocast)' * bf16}; "
+          f"{size} defaults ({why}); {len(train_set)} train / {len(eval_set)} eval problems; PRM "
+          f"{args.prm}, tau {prm.taus[prm.q_index]}")
     print(json.dumps(vars(args), default=str))
     bound = max_dominant_lam(args.group_size, args.mode)
     if args.lam >= bound:
