@@ -164,16 +164,14 @@ def coherence_score(step_scores, windows=(2, 4), lam_var: float = 1.0) -> float:
     per_scale = []
     for w in windows:
         win = s.unfold(0, min(w, s.numel()), 1)                                  # (S - W + 1, W)
-        mu = win.mean(-1)                                                        # (S - W + 1,)
-        sigma = win.std(-1, correction=0)                                        # (S - W + 1,)
+        mu, sigma = win.mean(-1), win.std(-1, correction=0)                      # (S - W + 1,) each
         r_coh = mu * torch.exp(-lam_var * sigma / mu.clamp(min=1e-12))
         per_scale.append(torch.where(mu > 0, r_coh, 0.0).mean())
     return float(torch.stack(per_scale).mean())
 
-# Fluent failures, the gauge to watch for PRM hacking: wrong rollouts with a judged step whose b
-# reaches the median b of right rollouts (this batch's and the run's last FLUENT_POOL right training
-# rollouts). A rank, free of the PRM's scale, defined in a step with no right rollout; None until a
-# right rollout is seen.
+# Fluent failures, the gauge for PRM hacking: wrong rollouts with a judged step whose b reaches the
+# median b of right rollouts (this batch's and the run's last FLUENT_POOL right ones): a rank, free
+# of the PRM's scale, defined with no right rollout in the step; None until one is seen.
 
 FLUENT_POOL = 256
 
@@ -191,9 +189,8 @@ def fluent_failures(b, correct, judged, right_b) -> torch.Tensor | None:
     return ~correct.bool() & judged.bool() & (b.float() >= pool.quantile(0.5))
 
 # --------------------------------------------------------------------------------------------------
-# Flags: every knob in one place. Pairs of defaults are (tiny, LLM): tiny for the models bundled in
-# tiny_task/ (their task, CPU-sized), LLM for any other (GSM8K); --defaults overrides; the startup
-# line says which. The last column is the check a value must pass.
+# Flags: every knob in one place. Pairs of defaults are (tiny, LLM): tiny for the models in
+# tiny_task/ (their task, CPU-sized), LLM for any other (GSM8K); --defaults overrides.
 
 HERE = Path(__file__).resolve().parent
 TINY_TASK = HERE / "tiny_task"
@@ -203,8 +200,7 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("model", "--device", str, "auto", "auto | cpu | cuda | cuda:N", None),
     ("model", "--dtype", ["auto", "fp32", "bf16"], "auto", "bf16 autocast (auto: on cuda)", None),
     ("model", "--chat", bool, False, "wrap prompts in the tokenizer's chat template", None),
-    ("model", "--defaults", ["auto", "tiny", "llm"], "auto",
-     "which default of each pair applies (auto: tiny for a model in tiny_task/, else llm)", None),
+    ("model", "--defaults", ["auto", "tiny", "llm"], "auto", "which column of defaults", None),
     ("data", "--data", str, (TINY_DATA[0], "gsm8k"), "train prompts: a JSONL file or gsm8k", None),
     ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: JSONL or gsm8k", None),
     ("data", "--eval-size", int, (0, 500), "eval problems (0: all)", ">= 0"),
@@ -221,8 +217,6 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("rewards", "--lam", float, 1.0, "weight of the centered bonus c", ">= 0"),
     ("rewards", "--prm", str, "toy", "toy | a PRM folder | a hub id", None),
     ("rewards", "--prm-quantile", float, None, "PRM tau to read (None: config's, or lowest)", None),
-    ("rewards", "--prm-tag", str, None, "causal-LM PRM: step tag (None: config's, or ки)", None),
-    ("rewards", "--prm-tokens", str, None, "causal-LM PRM: good,bad (None: config's or +,-)", None),
     ("rewards", "--lam-var", float, 1.0, "coherence volatility penalty", ">= 0"),
     ("optimisation", "--lr", float, (1e-4, 1e-6), "AdamW learning rate", "> 0"),
     ("optimisation", "--warmup-steps", int, 10, "linear learning-rate warmup", ">= 0"),
@@ -231,8 +225,7 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("optimisation", "--kl-coef", float, 0.0, "k3 KL to the initial model (0: off)", ">= 0"),
     ("optimisation", "--max-grad-norm", float, 1.0, "gradient clipping", "> 0"),
     ("logging", "--out", str, "out", "metrics.jsonl, config.json and model/ go here", None),
-    ("logging", "--save-every", int, None, "steps between checkpoints (None: --eval-every)",
-     ">= 1"),
+    ("logging", "--save-every", int, None, "steps between checkpoints (None: eval-every)", ">= 1"),
     ("logging", "--seed", int, 0, "same seed, same CPU: same numbers", ">= 0"),
     ("logging", "--resume", bool, False, "continue the run in --out from its checkpoint", None),
 ]
@@ -259,17 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.error = one_line_error
     groups = {}
     for group, flag, kind, default, help, _ in FLAGS:
-        if kind is bool:
-            kw = dict(action="store_true")
-        elif isinstance(kind, list):
+        kw = dict(action="store_true") if kind is bool else dict(type=kind)
+        if isinstance(kind, list):
             kw = dict(choices=kind)
-        else:
-            kw = dict(type=kind)
         pair = isinstance(default, tuple)  # filled in by apply_defaults once the model is known
         shown = f"{default[0]} tiny / {default[1]} LLM" if pair else str(default)
         shown = shown.replace(str(HERE) + os.sep, "")
-        if group not in groups:
-            groups[group] = p.add_argument_group(group)
+        groups[group] = groups.get(group) or p.add_argument_group(group)
         groups[group].add_argument(flag, default=None if pair else default,
                                    help=f"{help} (default: {shown})", **kw)
     return p
@@ -283,16 +272,13 @@ def check_args(args) -> None:
         if rule is None or x is None:
             continue
         op, bound = rule.split()
-        ok = x >= float(bound) if op == ">=" else x > float(bound)
-        if not ok:
+        if not (x >= float(bound) if op == ">=" else x > float(bound)):
             raise ProgrsError(f"{flag}: expected a value {rule}, got {x}")
 
 def apply_defaults(args) -> str:
     """Fill each flag left at a (tiny, LLM) pair; returns "tiny" or "llm", the column used."""
     bundled = TINY_TASK in Path(args.model).resolve().parents
-    size = args.defaults
-    if size == "auto":
-        size = "tiny" if bundled else "llm"
+    size = args.defaults if args.defaults != "auto" else ("tiny" if bundled else "llm")
     for _, flag, _, default, _, _ in FLAGS:
         if isinstance(default, tuple) and getattr(args, attr(flag)) is None:
             setattr(args, attr(flag), default[0 if size == "tiny" else 1])
@@ -302,25 +288,18 @@ def apply_defaults(args) -> str:
 # --------------------------------------------------------------------------------------------------
 # Data: JSONL records {"question", "answer"}, the answer bare or a GSM8K rationale ending "#### N".
 
-MAX_CHARS = 20_000  # per question or answer: GSM8K's longest is under 1,000
 EXPECTED_JSONL = "expected JSONL with 'question' and 'answer'"
 
 def parse_gold(answer: str) -> str:
-    if "####" in answer:
-        return answer.rsplit("####", 1)[1].strip()
-    return answer.strip()
+    return answer.rsplit("####", 1)[-1].strip()  # a GSM8K rationale's final answer, or the answer
 
 def record_problem(rec) -> str | None:
     """What is wrong with one JSONL record, or None."""
-    q = rec.get("question") if isinstance(rec, dict) else None
-    a = rec.get("answer") if isinstance(rec, dict) else None
+    q, a = (rec.get("question"), rec.get("answer")) if isinstance(rec, dict) else (None, None)
     if not isinstance(q, str) or isinstance(a, bool) or not isinstance(a, (str, int, float)):
         return "expected an object with a string 'question' and a string or number 'answer'"
     if isinstance(a, float) and not math.isfinite(a):
         return f"expected a finite number 'answer', got {a}"
-    longest = max(len(q), len(str(a)))
-    if longest > MAX_CHARS:
-        return f"a question or answer over {MAX_CHARS:,} characters ({longest:,})"
     if not q.strip() or not parse_gold(str(a)):
         return "empty 'question' or empty final answer"
     return None
@@ -347,15 +326,13 @@ def load_problems(path) -> list[dict]:
         problem = record_problem(rec)
         if problem:
             raise ProgrsError(f"{path}:{lineno}: {problem}")
-        gold = parse_gold(str(rec["answer"]))
-        problems.append({"question": rec["question"].strip(), "gold": gold})
+        problems.append(dict(question=rec["question"].strip(), gold=parse_gold(str(rec["answer"]))))
     if not problems:
         raise ProgrsError(f"{path}: no records ({EXPECTED_JSONL})")
     return problems
 
-# GSM8K by name: the original release's split (MIT licence), downloaded once into PROGRS_CACHE
-# (default ~/.cache/progrs), pinned by line count and sha256, moved into place whole (a killed
-# download never looks cached). PROGRS_GSM8K_URL names a mirror.
+# GSM8K by name: the original split (MIT), downloaded once into PROGRS_CACHE (~/.cache/progrs),
+# pinned by line count and sha256, moved into place whole; PROGRS_GSM8K_URL names a mirror.
 
 GSM8K_URL = ("https://raw.githubusercontent.com/openai/grade-school-math/master/"
              "grade_school_math/data")
@@ -413,21 +390,18 @@ def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded, with
-# a config of our settings only (the model's own would add its top_k, repetition_penalty: off-
-# policy). Rows stop after the answer line (the verifier's rule, next) or at EOS; the mask keeps
-# EOS and is built from positions, not `token == pad`.
+# our sampling settings only (on-policy). Rows stop after the answer line (the verifier's rule,
+# next) or at EOS; the mask keeps EOS and is built from positions, not from `token == pad`.
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
-    """(B, T) tokens -> (mask, truncated): a row ends at its first EOS (kept) or at stopped_at[row]
-    tokens (0: not stopped); truncated rows hit the cap."""
+    """(B, T) -> (mask, truncated): rows end at the first EOS (kept) or stopped_at (0: none)."""
     B, T = completions.shape
     device = completions.device
     is_eos = torch.isin(completions, torch.tensor(eos_ids, device=device))       # (B, T)
     has_eos = is_eos.any(1)                                                      # (B,)
     length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                 # (B,)
-    if stopped_at is None:
-        stopped_at = torch.zeros(B, dtype=torch.long)
-    stopped = stopped_at.to(device)                                              # (B,)
+    stopped = torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at
+    stopped = stopped.to(device)                                                 # (B,)
     length = torch.where(stopped > 0, torch.minimum(length, stopped), length)   # (B,)
     mask = torch.arange(T, device=device)[None, :] < length[:, None]            # (B, T)
     return mask, ~has_eos & (stopped == 0)
@@ -460,32 +434,25 @@ class StopAtAnswer:
         done = [row in self.stopped for row in range(len(last))]
         return torch.tensor(done, device=input_ids.device)
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS and every EOS the model's generation config names (a chat model's end of
-    turn, <|im_end|>, and its base EOS)."""
-    named = model.generation_config.eos_token_id
-    if isinstance(named, int):
-        named = [named]
-    return sorted({tokenizer.eos_token_id, *(named or [])} - {None})
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
              temperature: float, amp, chat: bool = False) -> dict:
     """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
     from transformers import GenerationConfig
-    # a chat template already wrote the special tokens it needs: do not add them a second time
+    # (a chat template wrote its special tokens already)
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
     enc = enc.to(model.device)                                                   # (P, Tp), left pad
     Tp = enc["input_ids"].shape[1]
-    eos_ids = eos_token_ids(model, tokenizer)
+    named = model.generation_config.eos_token_id  # a chat model's <|im_end|>, its base EOS
+    named = [named] if isinstance(named, int) else named or []
+    eos_ids = sorted({tokenizer.eos_token_id, *named} - {None})
     sampling = dict(do_sample=False)  # greedy
     if temperature > 0:               # the full softmax(logits / T): no top-k, no nucleus
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=n,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **sampling)
     stop = StopAtAnswer(tokenizer, Tp)
-    shipped = model.generation_config
-    model.generation_config = config                                            # swapped back below
+    shipped, model.generation_config = model.generation_config, config        # swapped back below
     try:
         with amp():
             seqs = model.generate(**enc, generation_config=config, stopping_criteria=[stop])
@@ -500,23 +467,19 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
                 completion_mask=mask, truncated=truncated, texts=texts, prompt_len=Tp)
 
 # --------------------------------------------------------------------------------------------------
-# Verifier: exact match on the first committed answer.
-# A completion commits on its *answer line*: the first line that closes a \boxed{...} (braces
-# matched) or holds "Answer:" (any case, **Answer:** too) or "####", then text. Decoding stops
-# there, so what a base model writes next is never judged or trained. No answer line: r = 0 (no
-# fallback to "the last number"). A numeric gold matches an answer holding exactly one number of
-# that value ("$1,234.00 dollars" == 1234; "5 or 6" never); any other gold, a string without `$`,
-# `*`, a final period. All linear in the text.
+# Verifier: exact match on the first committed answer. A completion commits on its *answer line*:
+# the first line that closes a \boxed{...} (braces matched) or holds "Answer:" (any case) or "####",
+# then text. Decoding stops there: what a base model writes next is never judged or trained. No
+# answer line: r = 0. A numeric gold matches an answer holding exactly one number of that value
+# ("$1,234.00" == 1234; "5 or 6" never); any other gold, as a string without `$`, `*`, final `.`.
 
 _ANSWER_MARK = re.compile(r"answer[*\s]{0,8}:|####", re.IGNORECASE)
 _BOX_EVENT = re.compile(r"\\boxed\s*\{|[{}]")
 _NUMBER = re.compile(r"(?<![0-9.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
 
-class AnswerLine(NamedTuple):
-    answer: str
-    start: int   # where the answer line starts in the text
-    end: int     # where it ends, its newline included
-    ended: bool  # whether a newline closes it (decoding may still be inside it)
+# the answer, where its line starts and ends (its newline included), whether a newline closed it
+AnswerLine = NamedTuple("AnswerLine", [("answer", str), ("start", int), ("end", int),
+                                       ("ended", bool)])
 
 def _closed_boxes(text: str) -> list[tuple[int, int]]:
     """(content start, closing brace index) of every closed outermost \\boxed{...}, in one pass."""
@@ -584,8 +547,7 @@ def is_correct(completion: str, gold: str) -> bool:
     pred = extract_answer(completion)
     return pred is not None and answers_match(pred, gold)
 
-# Steps: the non-empty lines before the answer line (one step a line, as GSM8K writes them). Step
-# counts are easy to hack with trivially valid steps: the trainer logs steps/answer.
+# Steps: the lines before the answer line. Step counts are easy to hack: the trainer logs them.
 
 def split_steps(completion: str) -> list[str]:
     found = find_answer(completion)
@@ -593,11 +555,10 @@ def split_steps(completion: str) -> list[str]:
     return [line.strip() for line in body.split("\n") if line.strip()]
 
 # --------------------------------------------------------------------------------------------------
-# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. Each step
-# alone: false if an equation in it is false, true if one is true, else unjudged (NaN). p(sound) is
-# Beta(1 + e, 1) if true, Beta(1, 1 + e) if false (e = EVIDENCE), read at quantiles tau
-# ("47 + 28 = 75": 0.63, 0.87, 0.98; "75 - 19 = 55": 0.02, 0.13, 0.37). Its blind spot is a real
-# PRM's too: a miscopied number, or a solution stopping one operation early, is all sound steps.
+# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. A step is
+# false if an equation in it is false, true if one is true, else unjudged (NaN); p(sound) is
+# Beta(1 + e, 1) if true, Beta(1, 1 + e) if false, read at quantiles tau ("47 + 28 = 75": 0.63,
+# 0.87, 0.98). Its blind spot is a real PRM's too: a miscopied number is a sound step.
 
 MAX_EXPR = 120    # characters of arithmetic before "="
 MAX_DIGITS = 15   # digits of one number
@@ -636,13 +597,8 @@ def safe_eval(expr: str, need_op: bool = False) -> float | None:
         return None
     try:
         tree = ast.parse(expr, mode="eval").body
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    if need_op and not isinstance(tree, ast.BinOp):
-        return None
-    try:
-        value = _walk(tree)
-    except (RecursionError, OverflowError, ZeroDivisionError):
+        value = _walk(tree) if isinstance(tree, ast.BinOp) or not need_op else None
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError, ZeroDivisionError):
         return None
     return value if value is not None and math.isfinite(value) else None
 
@@ -717,8 +673,7 @@ def check_source(flag: str, name: str) -> None:
                           "config.json, weights and tokenizer files)")
 
 def from_pretrained(flag: str, name: str, auto_class):
-    """(config, tokenizer, model, loading info) from a folder or the hub, auto_class(config) picking
-    the class; any failure is one line naming the flag and the folder."""
+    """(config, tokenizer, model, loading info); any failure is one line naming flag and folder."""
     import transformers as tf
     check_source(flag, name)
     try:  # fp32 master weights even for bf16 runs: bf16 weights would round away lr ~1e-6 updates
@@ -740,7 +695,7 @@ def is_causal_lm(config) -> bool:
 # Learned PRMs (frozen): --prm FOLDER or a hub id, behind the toy PRM's interface, each step read
 # at its last token: a token classifier with a quantile head (labels q0.1, q0.5, ...) or a two-class
 # head (p(good)); or a causal LM at a step tag, p(good) / (p(good) + p(bad)) of the next token
-# (Math-Shepherd: tag ки, tokens + and -; else --prm-tag / --prm-tokens, else the config's).
+# (the config's progrs_step_tag and progrs_step_tokens, else Math-Shepherd's: tag ки, tokens + -).
 
 STEP_SEP = "\n"
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
@@ -779,13 +734,13 @@ class ModelPRM:
         taus = [_TAU_LABEL.fullmatch(x) for x in labels]
         base = self.model.base_model
         body = {n for n, _ in base.named_parameters(prefix=self.model.base_model_prefix)}
-        if self.causal:  # the flags win over the config, the config over Math-Shepherd's
+        if self.causal:  # the arguments win over the config, the config over Math-Shepherd's
             self.tag = tag or getattr(config, "progrs_step_tag", "ки")
             pair = tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", "+-")
             ids = [self.tokenizer.encode(w, add_special_tokens=False) for w in [self.tag, *pair]]
             if len(ids) != 3 or any(len(i) != 1 for i in ids):
-                raise ProgrsError(f"--prm-tag / --prm-tokens: {[self.tag, *pair]} must each be one "
-                                  f"token of --prm {name}'s tokenizer (Math-Shepherd's: ки, +, -)")
+                raise ProgrsError(f"--prm {name}: step tag and tokens {[self.tag, *pair]} must "
+                                  "each be one token of its tokenizer (Math-Shepherd's: ки, +, -)")
             self.kind = "step-tag"
             self.taus = (0.5,)
             self.good_bad = [ids[1][0], ids[2][0]]
@@ -848,13 +803,13 @@ class ModelPRM:
         return [scored[k] for k in keys]
 
 # --------------------------------------------------------------------------------------------------
-# Loss and update. Log-probs: fp32 logits / T (we sampled from softmax(logits / T)), position ids
-# rebuilt from the mask as generate() builds them for left-padded rows. Divided by N, the completion
-# tokens of the *whole batch*, so micro-batching changes memory, never the gradient:
+# Loss and update. Log-probs: fp32 logits / T, position ids rebuilt from the mask as generate()
+# builds them. Divided by N, the completion tokens of the *whole batch* (micro-batching changes
+# memory, never the gradient):
 #     L = -(1/N) sum_i sum_t min(rho_it A_i, clip(rho_it, 1-eps, 1+eps) A_i) [+ kl_coef * k3_it]
 # With --ppo-epochs 1, rho = 1 and the clip never acts: REINFORCE with group baselines. The logged
-# loss, -(1/N) sum_i A_i len_i, is length-weighted and not the gradient; its sign says little (one
-# 5-token right rollout, seven 10-token wrong ones, b = 0: +0.18). Watch accuracy.
+# loss, -(1/N) sum_i A_i len_i, is length-weighted and no progress signal (one 5-token right
+# rollout, seven 10-token wrong ones, b = 0: +0.18). Watch accuracy.
 
 PPO_CLIP = 0.2
 LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB, ~440 at 151,936
@@ -862,9 +817,7 @@ LOGIT_BLOCK = 2 ** 26  # positions x vocabulary per block of fp32 logits: 256 MB
 def _head_logprobs(hidden, targets, weight, bias, temperature: float):
     """(N, H) final hidden states, (N,) targets -> (N,) log-probs, (N,) entropies."""
     logits = hidden.float() @ weight.float().T                                   # (N, V) fp32
-    if bias is not None:
-        logits = logits + bias.float()
-    logits = logits / temperature
+    logits = (logits if bias is None else logits + bias.float()) / temperature
     log_z = logits.logsumexp(-1)                                                 # (N,)
     with torch.no_grad():  # a metric: the policy's entropy at the sampling temperature
         entropy = log_z - (logits.softmax(-1) * logits).sum(-1)                  # (N,)
@@ -915,16 +868,14 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
     n_tokens = mask.sum().clamp(min=1)
     Tp = batch["prompt_len"]
     slices = [slice(i, i + args.micro_batch) for i in range(0, mask.shape[0], args.micro_batch)]
-    old = {}   # micro-batch -> log-probs before the update
-    ref = {}   # micro-batch -> the reference model's log-probs
+    old, ref = {}, {}  # micro-batch -> log-probs before the update, and the reference's
     stats = None
     model.train()
     for epoch in range(args.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         loss_sum = kl_sum = entropy_sum = 0.0
         for i, s in enumerate(slices):
-            ids = batch["input_ids"][s]                                          # (b, Tp + T)
-            att = batch["attention_mask"][s]                                     # (b, Tp + T)
+            ids, att = batch["input_ids"][s], batch["attention_mask"][s]         # (b, Tp + T) each
             logp, entropy = token_logprobs(model, ids, att, Tp, args.temperature, amp, entropy=True)
             if epoch == 0:
                 old[i] = logp.detach()  # the same forward path as the update: rho starts at 1
@@ -941,20 +892,17 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
         if not torch.isfinite(grad_norm):  # stop before the step writes NaN into the weights
             raise ProgrsError(f"non-finite gradient norm at ppo epoch {epoch}; lower --lr")
         optimizer.step()
-        if stats is None:
-            stats = dict(loss=loss_sum, kl=kl_sum, grad_norm=float(grad_norm), entropy=entropy_sum)
+        first = dict(loss=loss_sum, kl=kl_sum, grad_norm=float(grad_norm), entropy=entropy_sum)
+        stats = stats or first
     model.eval()
     return stats
 
 # --------------------------------------------------------------------------------------------------
-# Training loop. Each step: P prompts -> G rollouts each -> verify (r) -> PRM step scores ->
-# coherence (b) -> centering (c) -> advantages (A) -> one policy update; evaluations and checkpoints
-# between.
+# Training loop. Each step: P prompts -> G rollouts each -> r, PRM scores -> b -> c -> A -> update.
 
-def score_completions(problems: list[dict], texts: list[str], prm, q_index: int,
-                      lam_var: float) -> dict:
-    """Verify and PRM-score completions (one problem per text) at the PRM's q_index quantile. Text
-    that makes verification raise is judged wrong with no steps (b = 0), counted in `unscorable`."""
+def score_completions(problems: list[dict], texts: list[str], prm, q_index: int, lam_var: float):
+    """Verify, and PRM-score at column q_index, one completion per problem (text the verifier
+    cannot read: wrong, no steps, counted in `unscorable`)."""
     keys = "correct b step_scores n_steps trace_error unscorable judged".split()
     out = {name: [] for name in keys}
     steps = []
@@ -996,9 +944,7 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
     return batch
 
 def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:
-    """Accuracy, b, trace errors, steps and fluent failures of scored rollouts (training or
-    evaluation). The trace-error rate is per right answer: right answers reached through a false
-    equation."""
+    """Accuracy, b, trace errors (per right answer), steps and fluent failures of rollouts."""
     n_right = sum(scored["correct"])
     return dict(accuracy=n_right / len(scored["correct"]),
                 process_score=float(np.mean(scored["b"])),
@@ -1008,29 +954,26 @@ def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=()) -> dict:
-    """Greedy pass@1, trace errors, steps per answer, b and fluent failures; the same over
-    --eval-samples K samples per problem at the training temperature (sampled pass@1: what RL
-    optimises)."""
+    """Greedy pass@1, trace errors, steps, b and fluent failures; the same over --eval-samples K
+    samples a problem at the training temperature (sampled pass@1: what RL optimises)."""
     def summary(n, temperature, prefix):  # the problems' completions, n per problem, problem-major
         chunk = max(1, args.eval_batch // n)
         texts = []
         for i in range(0, len(problems), chunk):
-            questions = [p["question"] for p in problems[i:i + chunk]]
-            prompts = [build_prompt(q, tokenizer, args.chat) for q in questions]
+            part = problems[i:i + chunk]
+            prompts = [build_prompt(p["question"], tokenizer, args.chat) for p in part]
             out = generate(model, tokenizer, prompts, n, args.max_new_tokens, temperature, amp,
                            args.chat)
             texts += out["texts"]
-        per_sample = [p for p in problems for _ in range(n)]
-        s = score_completions(per_sample, texts, prm, prm.q_index, args.lam_var)
+        s = score_completions([p for p in problems for _ in range(n)], texts, prm, prm.q_index,
+                              args.lam_var)
         ff = fluent_failures(torch.tensor(s["b"]), torch.tensor(s["correct"]),
                              torch.tensor(s["judged"]), right_pool)
         return {prefix + key: v for key, v in rollout_metrics(s, ff).items()}
 
     out = summary(1, 0.0, "eval_")
-    if args.eval_samples > 0:
-        # its own seeded random stream: how often a run evaluates does not change its training
-        cuda = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+    if args.eval_samples > 0:  # its own seeded stream: evaluations leave training's stream alone
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
             torch.manual_seed(args.seed)
             out.update(summary(args.eval_samples, args.temperature, "eval_sampled_"))
     return out
@@ -1040,22 +983,17 @@ def _mean(x: torch.Tensor) -> float | None:
 
 def step_metrics(batch: dict, args, right_pool=None) -> dict:
     """One metrics line; marks batch["fluent"] (P, G), adds the step's right b's to right_pool."""
-    correct = batch["correct"]                                                   # (P, G)
-    b = batch["b_grid"]                                                          # (P, G)
-    c = batch["c"]                                                               # (P, G)
-    adv = batch["adv"]                                                           # (P, G)
-    judged = torch.tensor(batch["judged"])
+    correct, b, c, adv = (batch[key] for key in ("correct", "b_grid", "c", "adv"))  # (P, G) each
+    judged = torch.tensor(batch["judged"])                                       # (P*G,)
     ff = fluent_failures(b.flatten(), correct.flatten(), judged, right_pool or ())
     fluent = torch.zeros_like(correct) if ff is None else ff.view_as(correct)    # (P, G)
     batch["fluent"] = fluent
     n_right = correct.sum(-1)                                                    # (P,)
-    # the share of the positive advantage in all-wrong groups that goes to fluent failures
-    push = torch.where((n_right == 0)[:, None], adv.clamp(min=0), 0.0)           # (P, G)
+    push = torch.where((n_right == 0)[:, None], adv.clamp(min=0), 0.0)  # (P, G): all-wrong A > 0
     push_to_fluent = float(push[fluent].sum() / push.sum()) if push.sum() > 0 else None
     if right_pool is not None:
         right_pool.extend(b[correct].tolist())
-    flat = dict(batch, correct=correct.flatten().tolist(), b=b.flatten().tolist())
-    rates = rollout_metrics(flat, ff)
+    rates = rollout_metrics(dict(batch, correct=correct.flatten().tolist()), ff)
     rates["process_score"] = _mean(b)  # the mean of the float32 b's the advantages used
     return dict(
         train_accuracy=rates.pop("accuracy"), **rates,
@@ -1072,8 +1010,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     """One rollout group as a table: the most mixed group of the batch (most right-wrong pairs)."""
     correct = batch["correct"]                                                   # (P, G)
     fluent = batch.get("fluent", torch.zeros_like(correct))                      # (P, G)
-    n_right = correct.sum(-1)                                                    # (P,)
-    G = correct.shape[1]
+    n_right, G = correct.sum(-1), correct.shape[1]                               # (P,), int
     i = int((n_right * (G - n_right)).argmax())
     lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
              f"{'ok':>3} {'step scores':<24} {'b':>5} {'c':>6} {'A_out':>6} {'A':>6}  completion"]
@@ -1082,8 +1019,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         scores = batch["step_scores"][row][:6]
         steps = " ".join("  - " if math.isnan(s) else f"{s:.2f}" for s in scores)
         text = batch["texts"][row].strip().replace("\n", " | ")
-        if len(text) > width:
-            text = text[:width - 3] + "..."
+        text = text if len(text) <= width else text[:width - 3] + "..."
         ok = "yes" if correct[i, j] else ("no*" if fluent[i, j] else "no")
         lines.append(f"{ok:>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} {batch['c'][i, j]:+6.2f} "
                      f"{batch['a_out'][i, j]:+6.2f} {batch['adv'][i, j]:+6.2f}  {text}")
@@ -1094,8 +1030,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
 
 def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref_model=None,
           log=print):
-    """The whole run, or its rest from a checkpoint's `state`: returns {"before": eval, "after":
-    eval}, writes OUT/metrics.jsonl and OUT/model. --out must be prepared (prepare_out)."""
+    """The run, or its rest from a checkpoint's state, into a prepared --out: {before, after}."""
     out_dir = Path(args.out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
@@ -1184,10 +1119,9 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
     return dict(before=before, after=last)
 
 # --------------------------------------------------------------------------------------------------
-# The run folder, --out: metrics.jsonl, config.json (the flags) and model/, the last checkpoint:
-# weights, tokenizer, progrs_step.json and progrs_state.pt (what --resume needs beyond the weights).
-# A checkpoint is written whole in model.tmp/, then swapped in by two renames (model/ -> model.old/,
-# model.tmp/ -> model/): at every instant one whole checkpoint exists.
+# The run folder, --out: metrics.jsonl, config.json (the flags) and model/, the last checkpoint
+# (weights, tokenizer, progrs_state.pt for --resume), written whole in model.tmp/ and swapped in by
+# two renames (model/ -> model.old/, model.tmp/ -> model/): one whole checkpoint at every instant.
 
 CHECKPOINT_DIRS = ("model.tmp", "model", "model.old")  # being written, the last one, the previous
 STATE_KEYS = ("step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics",
@@ -1213,8 +1147,7 @@ def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict | No
     shutil.rmtree(old, ignore_errors=True)
 
 def prepare_out(out: str, resume: bool = False, log=print) -> None:
-    """--out is writable and fresh (or, with --resume, holds a checkpoint); what an interrupted save
-    left there is cleaned up. Runs before any model loads: no run starts work it cannot save."""
+    """Before any model loads: --out is writable and fresh (or holds a checkpoint to --resume)."""
     if not out.strip():
         raise ProgrsError("--out: expected a folder, got an empty name")
     out_dir = Path(out)
@@ -1240,8 +1173,7 @@ def prepare_out(out: str, resume: bool = False, log=print) -> None:
                           "(model/progrs_state.pt)")
 
 def resume_state(args) -> dict:
-    """--resume: the run's own flags (OUT/config.json; only RESUME_MAY_CHANGE may differ) and its
-    checkpoint's state."""
+    """--resume: check the flags against OUT/config.json; return the checkpoint's state."""
     config = Path(args.out) / "config.json"
     try:
         saved = json.loads(config.read_text())
@@ -1283,8 +1215,7 @@ def pick_device(args) -> tuple[torch.device, bool]:
         device = torch.device(name)
         cuda_here = device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
         if device.type == "cpu" or cuda_here:
-            bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
-            return device, bf16
+            return device, args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
     raise ProgrsError(f"--device {args.device}: not available on this machine (expected auto, cpu, "
                       f"or cuda:N with N < {torch.cuda.device_count()}, the CUDA devices here)")
 
@@ -1307,8 +1238,7 @@ def load_model(name: str, device: torch.device, flag: str = "--model"):
     return model, tokenizer
 
 def quantile_index(prm, tau: float | None = None) -> int:
-    """The column of the PRM's quantiles a run reads: tau (--prm-quantile), else the quantile the
-    PRM's config names (progrs_quantile), else its lowest."""
+    """The PRM column a run reads: --prm-quantile, else the config's progrs_quantile, else 0."""
     if tau is None:
         tau = prm.default_tau if prm.default_tau is not None else prm.taus[0]
     if tau not in prm.taus:
@@ -1317,14 +1247,7 @@ def quantile_index(prm, tau: float | None = None) -> int:
 
 def build_prm(args, device, amp):
     """--prm toy -> ToyPRM, else ModelPRM, with prm.q_index the column this run reads."""
-    if args.prm == "toy":
-        for flag in ("--prm-tag", "--prm-tokens"):
-            if getattr(args, attr(flag)):
-                raise ProgrsError(f"{flag}: only a causal-LM PRM reads step tags; the toy PRM has "
-                                  "none")
-        prm = ToyPRM()
-    else:
-        prm = ModelPRM(args.prm, device, amp, args.prm_tag, args.prm_tokens)
+    prm = ToyPRM() if args.prm == "toy" else ModelPRM(args.prm, device, amp)
     prm.q_index = quantile_index(prm, args.prm_quantile)
     return prm
 

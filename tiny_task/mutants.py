@@ -57,7 +57,7 @@ MUTANTS = [
      'prompt_mask = enc["attention_mask"].repeat(n, 1)', "sampling_ignores or entropy_is"),
     # log-probs, entropy, loss, update
     (P, "log-probs read one position late",
-     "hidden = hidden[:, prompt_len - 1:-1]", "hidden = hidden[:, prompt_len:]", "forward_logprobs"),
+     "body.last_hidden_state[:, prompt_len - 1:-1]", "body.last_hidden_state[:, prompt_len:]", "forward_logprobs"),
     (P, "logits multiplied by the temperature",
      "logits = (logits if bias is None else logits + bias.float()) / temperature",
      "logits = (logits if bias is None else logits + bias.float()) * temperature", "forward_logprobs"),
@@ -83,7 +83,7 @@ MUTANTS = [
     (P, "no zero_grad between ppo epochs", "optimizer.zero_grad(set_to_none=True)", "None", "each_ppo_epoch"),
     (P, "old log-probs recomputed every epoch (the ratio is always 1)", "if epoch == 0:", "if True:",
      "each_ppo_epoch"),
-    (P, "the logged stats are the last epoch's", "if stats is None:", "if True:", "each_ppo_epoch"),
+    (P, "the logged stats are the last epoch's", "stats = stats or first", "stats = first", "each_ppo_epoch"),
     (P, "gradients are never clipped",
      "clip_grad_norm_(model.parameters(), args.max_grad_norm)", "clip_grad_norm_(model.parameters(), 1e9)",
      "gradient_clipping"),
@@ -118,14 +118,14 @@ MUTANTS = [
      "sampled_pass"),
     (P, "an eval batch holds --eval-batch problems, not rows",
      "chunk = max(1, args.eval_batch // n)", "chunk = args.eval_batch", "sampled_pass"),
-    (P, "sampled evaluation is not seeded", "torch.manual_seed(args.seed)", "pass",
+    (P, "sampled evaluation is not seeded", "    torch.manual_seed(args.seed)\n            out", "    pass\n            out",
      "sampled_evaluation_is_seeded"),
     (P, "sampled evaluation draws from the training random stream",
      'with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):',
      "with contextlib.nullcontext():", "sampled_evaluation_is_seeded"),
     (P, "evaluation ignores the training pool of right b's",
-     'torch.tensor(s["judged"]),\n                             right_pool)',
-     'torch.tensor(s["judged"]),\n                             ())', "evaluation_reports_the_fluent"),
+     'torch.tensor(s["judged"]), right_pool)',
+     'torch.tensor(s["judged"]), ())', "evaluation_reports_the_fluent"),
     (P, "the most mixed group is not looked for (model-free, outside the tool's list: train's printout)",
      "i = int((n_right * (G - n_right)).argmax())", "i = 0", "teaching_view"),
     # train: the schedule, evaluations, saves, --resume
@@ -158,19 +158,17 @@ MUTANTS = [
      'device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()', 'device.type == "cuda"',
      "naming_it_and_early"),
     (P, "--out is checked only when training starts",
-     "run_folder.prepare_out(args.out, args.resume)", "pass", "naming_it_and_early"),
+     "    prepare_out(args.out, args.resume)", "    pass", "naming_it_and_early"),
     (P, "a truncated checkpoint's error escapes as a traceback",
      "except Exception as e:  # whatever the library", "except OSError as e:  # whatever the library",
      "naming_it_and_early"),
     (P, "a model that is no causal LM is trained with a made-up head",
      "if config.architectures and not is_causal_lm(config):", "if False:", "naming_it_and_early"),
     (P, "a model folder without tokenizer files is not refused up front",
-     'if path.is_dir() and not any(path.glob("tokenizer*"))', "if False", "naming_it_and_early"),
-    (P, "--prm-tag / --prm-tokens are ignored with the toy PRM, not refused",
-     "if given: raise ProgrsError", "if False: raise ProgrsError", "naming_it_and_early"),
+     '(folder and not any(path.glob("tokenizer*"))', "(False", "naming_it_and_early"),
     (P, "quantile_index ignores the PRM config's quantile",
-     "tau = tau if tau is not None else prm.default_tau if prm.default_tau is not None else prm.taus[0]",
-     "tau = tau if tau is not None else prm.taus[0]", "build_prm_reads"),
+     "tau = prm.default_tau if prm.default_tau is not None else prm.taus[0]",
+     "tau = prm.taus[0]", "build_prm_reads"),
     (P, "--prm-quantile is checked but column 0 is read", "return prm.taus.index(tau)", "return 0",
      "build_prm_reads"),
     (P, "a --prm-quantile the PRM lacks escapes as a traceback", "if tau not in prm.taus:", "if False:",
@@ -216,9 +214,9 @@ MUTANTS = [
     (R, "a used --out is not refused without --resume", "if used and not resume:", "if False:",
      "killed_with_sigkill"),
     (R, "--out '' is not refused (the run writes into the working folder)",
-     'if not out.strip(): raise ProgrsError', "if False: raise ProgrsError", "naming_it_and_early"),
+     'if not out.strip():', "if False:", "naming_it_and_early"),
     (R, "--resume does not compare the flags with the run's config.json",
-     'if name not in ("resume", "steps", "device", "out") and value != saved.get(name):', "if False:",
+     'if flag not in RESUME_MAY_CHANGE and value != was:', "if False:",
      "killed_after_a_checkpoint"),
     (R, "--resume of a finished run is not refused", 'if state["step"] >= args.steps:', "if False:",
      "killed_after_a_checkpoint"),
@@ -236,13 +234,13 @@ MUTANTS = [
      "logits = (logits if bias is None else logits + bias.float()) / temperature",
      "logits = logits / temperature", "biased_head"),
     (P, "the tokenizer's own EOS is not a stop token",
-     "eos_ids = sorted({tokenizer.eos_token_id, *(", "eos_ids = sorted({*(", "tokenizers_eos"),
+     "sorted({tokenizer.eos_token_id, *named}", "sorted({*named}", "tokenizers_eos"),
     (P, "AdamW's default weight decay pulls every weight to zero",
      "lr=args.lr, weight_decay=0.0)", "lr=args.lr)", "zero_advantages"),
     (P, "prompts padded on the right for generation",
      'tokenizer.padding_side = "left"', 'tokenizer.padding_side = "right"', "gets_alone"),
     (P, "a resumed run's KL is to its checkpoint, not the initial model",
-     "load_model(args.model, device)[0].requires_grad_(False) if state and args.kl_coef else None", "None",
+     "if state and args.kl_coef:", "if False:",
      "killed_after_a_checkpoint"),
     (P, "the clipped objective takes the max, not the min",
      "per_token = -torch.min(ratio * a,", "per_token = -torch.max(ratio * a,", "ppo_clip or ppo_epoch"),
@@ -267,9 +265,70 @@ MUTANTS = [
      "position_ids = attention_mask.cumsum(-1).clamp(min=0)", "forward_logprobs or sampling_ignores"),
     (P, "EQUIVALENT: a stopped row is checked again (generate() pads a finished row, and a pad token ends "
         "no line, so it never is)",
-     "if row in self.stopped: continue", "pass", "completions_end_at or completion_mask"),
+     "            if row in self.stopped:\n                continue", "            pass", "completions_end_at or completion_mask"),
 ]
 
+
+C = "tiny_task/controls.py"
+# Planted where a setting meets its effect (issue: every knob reaches its effect): each is one
+# realistic change, written before the tests that now guard them, and run on the whole suite
+# (python tiny_task/mutants.py --knobs). No -k selection: nobody pointed at them.
+KNOBS = [
+    (P, "sampling runs without bf16 autocast while the startup line says bf16",
+     "        with amp():\n            seqs = model.generate(", "        with contextlib.nullcontext():\n            seqs = model.generate(", ""),
+    (P, "the update's forward runs without bf16 autocast",
+     "    with amp():\n        body = model.base_model(", "    with contextlib.nullcontext():\n        body = model.base_model(", ""),
+    (P, "the KL reference's log-probs at temperature 1, not the sampling temperature",
+     "ref[i] = token_logprobs(ref_model, ids, att, Tp, args.temperature, amp)",
+     "ref[i] = token_logprobs(ref_model, ids, att, Tp, 1.0, amp)", ""),
+    (P, "--eval-samples 1 runs no sampled evaluation",
+     "if args.eval_samples > 0:  # its own", "if args.eval_samples > 1:  # its own", ""),
+    (P, "the completion cap one token short of --max-new-tokens",
+     "GenerationConfig(max_new_tokens=max_new_tokens,", "GenerationConfig(max_new_tokens=max_new_tokens - 1,", ""),
+    (P, "a relative --model path gets the other column of defaults",
+     "TINY_TASK in Path(args.model).resolve().parents", "TINY_TASK in Path(args.model).parents", ""),
+    (P, "the startup line names a tau the run does not read",
+     "tau {prm.taus[prm.q_index]}", "tau {prm.taus[0]}", ""),
+    (P, "the PRM is handed no question",
+     'prm.score_batch([p["question"] for p in problems], steps)', 'prm.score_batch([""] * len(problems), steps)', ""),
+    (P, "--resume accepts a changed --lr",
+     'RESUME_MAY_CHANGE = ("--steps", "--device", "--out", "--resume")',
+     'RESUME_MAY_CHANGE = ("--steps", "--device", "--out", "--resume", "--lr")', ""),
+    (P, "a checkpoint replaced by delete-then-rename (no whole checkpoint in between)",
+     "        final.rename(old)", "        shutil.rmtree(final)", ""),
+    (P, "--out with missing parent folders fails",
+     "        out_dir.mkdir(parents=True, exist_ok=True)", "        out_dir.mkdir(exist_ok=True)", ""),
+    (P, "an unwritable --out fails only at its first write, after the model loads",
+     "        tempfile.TemporaryFile(dir=out_dir).close()", "        pass", ""),
+    (P, "the GSM8K cache folder is never created on a fresh machine",
+     "        path.parent.mkdir(parents=True, exist_ok=True)\n        part.write_bytes", "        part.write_bytes", ""),
+    (P, "a killed GSM8K download is trusted later (written in place, not moved whole)",
+     "        part.write_bytes(data)\n        part.replace(path)", "        path.write_bytes(data)", ""),
+    (P, "a learned quantile PRM's columns read in reverse order",
+     "        return quantiles_from_logits(z)", "        return quantiles_from_logits(z).flip(-1)", ""),
+    (P, "a PRM checkpoint without its classification head is accepted",
+     'elif set(info["missing_keys"]) - body:', "elif False:", ""),
+    (P, "--eval-batch is ignored (every problem in one generate call)",
+     "chunk = max(1, args.eval_batch // n)", "chunk = len(problems)", ""),
+    (P, "--lam-var does not reach the coherence score",
+     "coherence_score(column, lam_var=lam_var)", "coherence_score(column)", ""),
+    (P, "--chat does not reach evaluation's prompts",
+     'build_prompt(p["question"], tokenizer, args.chat) for p in part', 'build_prompt(p["question"], tokenizer, False) for p in part', ""),
+    (P, "--max-grad-norm is ignored (clipped at 1)",
+     "clip_grad_norm_(model.parameters(), args.max_grad_norm)", "clip_grad_norm_(model.parameters(), 1.0)", ""),
+    (P, "--save-every is ignored (checkpoints at --eval-every)",
+     "if step % args.save_every == 0", "if step % args.eval_every == 0", ""),
+    (C, "the shuffle control draws the same permutations whatever --seed",
+     "torch.Generator().manual_seed(args.seed)", "torch.Generator().manual_seed(0)", ""),
+    (T, "a TRL process finds its slice by its index on its node",
+     "n, rank = len(inputs), self.accelerator.process_index", "n, rank = len(inputs), self.accelerator.local_process_index", ""),
+    (T, "TRL prompts are never templated",
+     'progrs.build_prompt(p["question"], tokenizer, chat)', 'progrs.build_prompt(p["question"], tokenizer, False)', ""),
+    (T, "TRL centres this process's scores only, before any gather",
+     "self._progrs_scores = gather(local.to(self.accelerator.device))", "self._progrs_scores = local.to(self.accelerator.device)", ""),
+    (T, "a second scaling on top of progrs's advantages",
+     'out["advantages"] = adv[rank * n:(rank + 1) * n]', 'out["advantages"] = adv[rank * n:(rank + 1) * n] / (adv.std() + 1e-4)', ""),
+]
 
 def run_one(i, mutant, tests, full, timeout):
     path, desc, old, new, k = mutant
@@ -302,10 +361,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", help="comma-separated mutant numbers (from 1)")
     p.add_argument("--full", action="store_true", help="run the whole suite on each mutant")
+    p.add_argument("--knobs", action="store_true", help="the KNOBS table (always the whole suite)")
     p.add_argument("--baseline", action="store_true", help="first run the unmutated files on each selection")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--timeout", type=int, default=1800, help="seconds per mutant")
     a = p.parse_args()
+    global MUTANTS
+    if a.knobs:
+        MUTANTS, a.full = KNOBS, True
     tests = ROOT / "test_progrs.py"
     chosen = [int(x) for x in a.only.split(",")] if a.only else range(1, len(MUTANTS) + 1)
     if a.baseline:
