@@ -3,6 +3,8 @@ then the tools beside it in tiny_task/. CPU only, a few minutes: pytest test_pro
 import contextlib
 import copy
 import functools
+import hashlib
+import io
 import json
 import math
 import os
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import time
 import types
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -444,6 +447,18 @@ def test_first_line_of_an_error_is_its_first_line_or_its_type_and_attr_is_the_fl
     assert progrs.first_line(ValueError(" \n ")) == "ValueError"
     assert progrs.attr("--prm-quantile") == "prm_quantile" and progrs.attr("--lr") == "lr"
 
+def test_a_model_in_tiny_task_gets_the_tiny_defaults_by_any_path(monkeypatch, tmp_path):
+    outside = tmp_path / "model"
+    shutil.copytree(TINY_MODEL, outside)
+    cases = [(HERE, "tiny_task/model", "tiny"), (HERE, "./tiny_task/model", "tiny"),
+             (TINY_TASK, "model", "tiny"), (tmp_path, str(TINY_MODEL), "tiny"),
+             (HERE, str(outside), "llm"), (tmp_path, "model", "llm")]
+    for cwd, path, column in cases:
+        monkeypatch.chdir(cwd)
+        args = progrs.build_parser().parse_args(["--model", path])
+        lr = 1e-4 if column == "tiny" else 1e-6
+        assert (progrs.apply_defaults(args), args.lr) == (column, lr)
+
 # --------------------------------------------------------------------------------------------------
 # Data: JSONL records {"question", "answer"}; GSM8K by name; the prompt
 
@@ -598,6 +613,47 @@ def test_build_prompt_gives_the_chat_template_one_user_message(tiny):
                          "{% if add_generation_prompt %}<assistant>{% endif %}")
     prompt = progrs.build_prompt("What is 2 + 2?", tok, chat=True)
     assert prompt == f"<user>{progrs.INSTRUCTION}\nWhat is 2 + 2?\n<assistant>"
+
+def unwritable_folder():
+    """An existing folder this process cannot write (root ignores file modes: /sys is read-only)."""
+    folder = Path("/sys/kernel")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return folder
+    pytest.skip("no read-only folder here")
+
+def serve_gsm8k(monkeypatch, payload: bytes, split="test"):
+    monkeypatch.setitem(progrs.GSM8K_SPLITS, split,
+                        (payload.count(b"\n"), hashlib.sha256(payload).hexdigest()))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
+
+def test_gsm8k_goes_into_a_new_cache_whole_and_an_unwritable_cache_is_one_line(tmp_path,
+                                                                               monkeypatch):
+    payload = b'{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n'
+    serve_gsm8k(monkeypatch, payload)
+    fresh = tmp_path / "a fresh machine" / "cache"          # no folder yet: it is made
+    monkeypatch.setenv("PROGRS_CACHE", str(fresh))
+    assert progrs.load_data("gsm8k", "test", "--eval-data")[0]["gold"] == "2"
+    assert sorted(p.name for p in fresh.iterdir()) == ["gsm8k_test.jsonl"]
+    killed = tmp_path / "killed"
+    monkeypatch.setenv("PROGRS_CACHE", str(killed))
+    real_write = Path.write_bytes
+
+    def dies_midway(self, data):
+        real_write(self, data[:len(data) // 2])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_bytes", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        progrs.load_data("gsm8k", "test", "--eval-data")
+    monkeypatch.setattr(Path, "write_bytes", real_write)
+    assert not (killed / "gsm8k_test.jsonl").exists()    # half a download never looks cached
+    assert progrs.load_data("gsm8k", "test", "--eval-data")[0]["gold"] == "2"
+    monkeypatch.setenv("PROGRS_CACHE", str(unwritable_folder() / "progrs"))
+    with pytest.raises(progrs.ProgrsError) as e:
+        progrs.load_data("gsm8k", "test", "--eval-data")
+    assert str(e.value).startswith("--eval-data gsm8k: cannot write the cache")
+    assert "PROGRS_CACHE" in str(e.value) and "\n" not in str(e.value)
 
 # --------------------------------------------------------------------------------------------------
 # Rollouts: one batched generate() per step, our sampling settings only, rows ending at the answer
@@ -2130,24 +2186,6 @@ def test_a_save_killed_between_its_two_renames_gets_the_last_model_back(tmp_path
     assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
-def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch):
-    from transformers import Qwen2ForCausalLM
-    real = Qwen2ForCausalLM.save_pretrained
-    saves = []
-
-    def fill_the_disk_on_the_second_save(self, path, *args, **kwargs):
-        saves.append(path)
-        if len(saves) == 2:
-            real(self, path, *args, **kwargs)              # half written, then the disk is full
-            raise OSError(28, "No space left on device")
-        return real(self, path, *args, **kwargs)
-    monkeypatch.setattr(Qwen2ForCausalLM, "save_pretrained", fill_the_disk_on_the_second_save)
-    full = r"step 2 checkpoint \(No space left on device\).*last whole"
-    with pytest.raises(progrs.ProgrsError, match=full):
-        progrs.main(small(tmp_path, "--save-every", "1", "--eval-every", "5", "--eval-size", "2"))
-    assert json.loads((tmp_path / "model" / "progrs_step.json").read_text()) == {"step": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl", "model"]
-
 def run_cli(*flags, timeout=600, **kw):
     """progrs.py in a subprocess; a fresh --out unless the flags name one."""
     out = [] if "--out" in flags else ["--out", str(Path(tempfile.mkdtemp()) / "out")]
@@ -2234,6 +2272,491 @@ def test_a_damaged_run_folder_is_refused_by_resume_in_one_line(tmp_path):
     torch.save([1, 2], state)
     with pytest.raises(progrs.ProgrsError, match="progrs_state.pt lacks step, optimizer"):
         progrs.main(argv)
+
+def changed_value(flag, kind, saved, data, tmp_path):
+    """Another valid value of `flag` than the run's own (config.json's)."""
+    if kind is bool:
+        return [flag]
+    if isinstance(kind, list):
+        return [flag, next(x for x in kind if x != saved)]
+    other = {"--model": str(tmp_path / "another_model"), "--data": str(data / "train2.jsonl"),
+             "--eval-data": str(data / "other.jsonl"), "--prm": str(HERE / "tiny_task" / "prm"),
+             "--prm-quantile": "0.5"}
+    if flag in other:
+        return [flag, other[flag]]
+    return [flag, str(kind(saved) + 1 if kind is int else kind(saved) * 2 + 0.5)]
+
+def test_resume_continues_a_finished_run_and_refuses_every_flag_it_cannot_continue(
+        knob_runs, knob_data, tmp_path, monkeypatch, capsys):
+    rec = knob_runs["base"][0]
+    out = tmp_path / "run"
+    shutil.copytree(rec.out, out)
+    config = json.loads((out / "config.json").read_text())
+    argv = [x if x != str(rec.out) else str(out) for x in rec.argv]
+    refused = []
+    for _, flag, kind, *_ in progrs.FLAGS:
+        if flag in progrs.RESUME_MAY_CHANGE:
+            continue
+        extra = changed_value(flag, kind, config[progrs.attr(flag)], knob_data, tmp_path)
+        with pytest.raises(progrs.ProgrsError) as e:
+            progrs.main([*argv, "--resume", *extra])
+        assert str(e.value).startswith(f"--resume: {flag} "), (flag, str(e.value))
+        assert "\n" not in str(e.value)
+        refused.append(flag)
+    assert len(refused) == len(progrs.FLAGS) - len(progrs.RESUME_MAY_CHANGE)
+    with pytest.raises(progrs.ProgrsError, match="has done 2 of its 2 steps"):
+        progrs.main([*argv, "--resume"])
+    loaded = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loaded.append(k) or real_load(*a, **k))
+    progrs.main([*argv, "--resume", "--steps", "3", "--device", "cpu"])  # a larger --steps goes on
+    assert loaded[0]["map_location"] == "cpu"          # a GPU run's state resumes on any device
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 1, 2, 2, 3, 3]               # evals at 0, 1, 2, 3 and steps 1 to 3
+    capsys.readouterr()
+
+def whole_checkpoint_step(folder):
+    """The step of a whole checkpoint in `folder` (weights, tokenizer, state), or None."""
+    names = ("model.safetensors", "tokenizer.json", "progrs_state.pt", "progrs_step.json")
+    if not all((folder / name).is_file() for name in names):
+        return None
+    return json.loads((folder / "progrs_step.json").read_text())["step"]
+
+def test_a_checkpoint_swap_that_fails_between_its_renames_leaves_a_whole_checkpoint(
+        tmp_path, tiny, monkeypatch):
+    model, tokenizer = tiny
+    progrs.save_checkpoint(model, tokenizer, tmp_path, 1, {"step": 1})
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name == "model.tmp":               # the second rename: killed before it runs
+            assert {whole_checkpoint_step(tmp_path / d) for d in ("model", "model.old")} - {None}
+            raise OSError("killed between the renames")
+        return real_rename(self, target)
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="killed"):
+        progrs.save_checkpoint(model, tokenizer, tmp_path, 2, {"step": 2})
+    monkeypatch.undo()
+    assert whole_checkpoint_step(tmp_path / "model.old") == 1
+    logged = []
+    progrs.prepare_out(str(tmp_path), resume=True, log=logged.append)
+    assert whole_checkpoint_step(tmp_path / "model") == 1 and "restored model/" in logged[0]
+
+FULL_DISK = r"""
+import pathlib, resource, signal, sys, torch
+import progrs
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # over the limit, write() fails with EFBIG
+model, tokenizer = progrs.load_model(sys.argv[1], torch.device("cpu"))
+out = pathlib.Path(sys.argv[2])
+progrs.save_checkpoint(model, tokenizer, out, 1, {"step": 1})
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))  # a full disk
+try:
+    progrs.save_checkpoint(model, tokenizer, out, 2, {"step": 2})
+except progrs.ProgrsError as e:
+    print(e)
+"""
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """The disk fills for real (a file-size limit): safetensors raises its own error, not an
+    OSError; the run says so in one line and model/ keeps the last whole checkpoint."""
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(TINY_MODEL), str(tmp_path)],
+                          capture_output=True, text=True, cwd=HERE, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "could not write the step 2 checkpoint" in lines[0]
+    assert "File too large" in lines[0] and "still holds the last whole one" in lines[0]
+    assert whole_checkpoint_step(tmp_path / "model") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+# Every flag reaches its effect: one in-process harness runs main() with the smallest settings and
+# records what each setting governs: what generate() is handed and runs under, what the update's
+# log-probs read, what the PRM is given, the optimizer's steps and learning rates, the checkpoints.
+# Each case changes one flag and checks the observable it governs moved as it should and that the
+# others did not.
+
+class Recorder:
+    """Wraps progrs's functions for one run; the wrapped functions call the real ones."""
+
+    def __init__(self, monkeypatch):
+        self.generate = []   # (prompts, n, max_new_tokens, temperature, phase), one per call
+        self.forward = []    # (phase, autocast on, autocast dtype), one per policy forward
+        self.logprobs = []   # (role, temperature, rows), one per token_logprobs call
+        self.prm = []        # (questions, steps) handed to the PRM, one per score_batch call
+        self.columns = []    # the (S, Q) quantiles the PRM returned, flattened per call
+        self.batches = []    # (problems, batch) of each rollout_step
+        self.saves = []      # checkpoint steps
+        self.clip = []       # max_norm handed to clip_grad_norm_
+        self.lrs = []        # the learning rate of each optimizer step
+        self.lam_var = []    # lam_var handed to coherence_score
+        self.phase = "load"
+        self.policy = None
+        real = {name: getattr(progrs, name) for name in
+                ("generate", "token_logprobs", "rollout_step", "update_policy", "save_checkpoint",
+                 "build_prm", "load_model")}
+
+        def load_model(*args, **kwargs):
+            self.phase = "load"
+            model, tokenizer = real["load_model"](*args, **kwargs)
+            self.phase = "train"
+            if self.policy is None:
+                self.policy = model
+                layer = model.base_model.layers[0].mlp
+
+                def hook(module, inputs, output):
+                    self.forward.append((self.phase, torch.is_autocast_enabled("cpu"),
+                                         torch.get_autocast_dtype("cpu")))
+                layer.register_forward_hook(hook)
+            return model, tokenizer
+
+        def generate(model, tokenizer, prompts, n, max_new_tokens, temperature, amp, chat=False):
+            phase = "sample" if temperature > 0 else "greedy"
+            self.generate.append((list(prompts), n, max_new_tokens, temperature, self.phase))
+            outer, self.phase = self.phase, f"{self.phase}/{phase}"
+            try:
+                return real["generate"](model, tokenizer, prompts, n, max_new_tokens, temperature,
+                                        amp, chat)
+            finally:
+                self.phase = outer
+
+        def token_logprobs(model, input_ids, *args, **kwargs):
+            role = "policy" if model is self.policy else "reference"
+            self.logprobs.append((role, args[2], input_ids.shape[0], self.phase))
+            return real["token_logprobs"](model, input_ids, *args, **kwargs)
+
+        def rollout_step(model, tokenizer, problems, *args):
+            outer, self.phase = self.phase, "rollout"
+            try:
+                batch = real["rollout_step"](model, tokenizer, problems, *args)
+            finally:
+                self.phase = outer
+            self.batches.append((problems, batch))
+            return batch
+
+        def update_policy(model, optimizer, *args, **kwargs):
+            real_step = optimizer.step
+
+            def step(*a, **k):
+                self.lrs.append(optimizer.param_groups[0]["lr"])
+                return real_step(*a, **k)
+            optimizer.step = step
+            self.phase = "update"
+            try:
+                return real["update_policy"](model, optimizer, *args, **kwargs)
+            finally:
+                self.phase = "train"
+                optimizer.step = real_step
+
+        def save_checkpoint(model, tokenizer, out_dir, step, state=None):
+            self.saves.append(step)
+            return real["save_checkpoint"](model, tokenizer, out_dir, step, state)
+
+        def build_prm(*args):
+            prm = real["build_prm"](*args)
+            self.prm_type = type(prm).__name__
+            inner = prm.score_batch
+
+            def score_batch(questions, steps):
+                self.prm.append((self.phase, list(questions), [list(s) for s in steps]))
+                out = inner(questions, steps)
+                self.columns.append((self.phase, [q.clone() for q in out]))
+                return out
+            prm.score_batch = score_batch
+            return prm
+
+        real_coherence = progrs.coherence_score
+
+        def coherence_score(step_scores, windows=(2, 4), lam_var=1.0):
+            self.lam_var.append(lam_var)
+            return real_coherence(step_scores, windows, lam_var)
+
+        real_clip = torch.nn.utils.clip_grad_norm_
+
+        def clip(params, max_norm, *args, **kwargs):
+            self.clip.append(max_norm)
+            return real_clip(params, max_norm, *args, **kwargs)
+
+        for name, fn in dict(generate=generate, token_logprobs=token_logprobs,
+                             rollout_step=rollout_step, update_policy=update_policy,
+                             save_checkpoint=save_checkpoint, build_prm=build_prm,
+                             load_model=load_model, coherence_score=coherence_score).items():
+            monkeypatch.setattr(progrs, name, fn)
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+
+@pytest.fixture(scope="module")
+def knob_data(tmp_path_factory):
+    """Small train and eval files: the runs read only what they need."""
+    folder = tmp_path_factory.mktemp("knob_data")
+    train = [json.loads(x) for x in (HERE / "tiny_task" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (HERE / "tiny_task" / "test.jsonl").read_text().splitlines()]
+    files = {"train.jsonl": train[:40], "train2.jsonl": train[40:80], "test.jsonl": test[:8],
+             "other.jsonl": test[8:16]}
+    for name, rows in files.items():
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+SMALL = ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "12",
+         "--eval-size", "2", "--eval-every", "1", "--eval-samples", "0", "--micro-batch", "4",
+         "--warmup-steps", "2"]
+
+def knob_run(monkeypatch, tmp_path, data, extra, name):
+    """main() with SMALL, then `extra`; returns the Recorder, the metrics lines and stdout."""
+    rec = Recorder(monkeypatch)
+    out = tmp_path / name / "parents" / "not yet made"   # --out's missing parents are made
+    argv = ["--model", str(TINY_MODEL), "--data", str(data / "train.jsonl"),
+            "--eval-data", str(data / "test.jsonl"), "--out", str(out), *SMALL, *extra]
+    rec.argv = argv
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        progrs.main(argv)
+    monkeypatch.undo()
+    rec.out = out
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rec, metrics, stdout.getvalue()
+
+def observe(rec, metrics, stdout):
+    """What the flags govern, by name: the harness compares these between runs."""
+    rollouts = [g for g in rec.generate if g[4] == "rollout"]
+    evals = [g for g in rec.generate if g[4] == "train"]
+    steps = [m for m in metrics if "train_accuracy" in m]
+    return dict(
+        rollout_prompts=[len(g[0]) for g in rollouts],
+        group_size=sorted({g[1] for g in rollouts}),
+        cap=sorted({g[2] for g in rec.generate}),
+        rollout_temperature=sorted({g[3] for g in rollouts}),
+        update_temperature=sorted({t for role, t, _, phase in rec.logprobs if phase == "update"}),
+        eval_calls=[(len(g[0]), g[1], g[3]) for g in evals],
+        eval_questions=sorted({p for g in evals for p in g[0]}),
+        train_questions=sorted({p for g in rollouts for p in g[0]}),
+        chat=sorted({p.startswith("<|im_start|>") for g in rec.generate for p in g[0]}),
+        autocast=sorted({(phase.split("/")[0], on, str(dtype) if on else None)
+                         for phase, on, dtype in rec.forward if phase != "load"}),
+        reference=sorted({t for role, t, _, phase in rec.logprobs
+                          if role == "reference" and phase == "update"}),
+        lam_var=sorted(set(rec.lam_var)),
+        micro_batches=[rows for role, _, rows, phase in rec.logprobs
+                       if phase == "update" and role == "policy"],
+        optimizer_steps=len(rec.lrs), lrs=rec.lrs, clip=sorted(set(rec.clip)),
+        saves=rec.saves, steps=[m["step"] for m in steps],
+        eval_steps=[m["step"] for m in metrics if "eval_accuracy" in m],
+        kl="kl" in steps[0], sampled="eval_sampled_accuracy" in metrics[0],
+        startup=stdout.splitlines()[0],
+        texts=[b["texts"] for _, b in rec.batches],
+        advantages=[b["adv"].tolist() for _, b in rec.batches],
+        b=[b["b_grid"].tolist() for _, b in rec.batches],
+    )
+
+def same_except(base, new, changed):
+    """Every observable not in `changed` is the same in both runs; what a changed setting moves
+    downstream (the sampled texts, b, the advantages) is compared only where the case says."""
+    downstream = {"texts", "advantages", "b", "startup"}
+    for key in base:
+        if key not in changed and key not in downstream:
+            assert new[key] == base[key], key
+
+def recomputed_b(rec, lam_var):
+    """b of each rollout from the step scores the run logged, at coherence penalty lam_var."""
+    return [[progrs.coherence_score(s, lam_var=lam_var) for s in b["step_scores"]]
+            for _, b in rec.batches]
+
+def flat(grids):
+    return [x for grid in grids for row in grid for x in row]
+
+@pytest.fixture(scope="module")
+def knob_runs(tmp_path_factory, knob_data):
+    """One run of the small settings and one for each group of flags below, in one process."""
+    runs = {}
+    mp = pytest.MonkeyPatch()
+    tmp = tmp_path_factory.mktemp("knob_runs")
+    chat_model = tmp / "chat_model"
+    shutil.copytree(TINY_MODEL, chat_model)
+    config = json.loads((chat_model / "tokenizer_config.json").read_text())
+    config["chat_template"] = CHAT_TEMPLATE
+    (chat_model / "tokenizer_config.json").write_text(json.dumps(config))
+    for name, extra in KNOB_GROUPS.items():
+        extra = [str(chat_model) if x == "CHAT_MODEL" else x for x in extra]
+        extra = [str(knob_data / x) if x.endswith(".jsonl") else x for x in extra]
+        rec, metrics, stdout = knob_run(mp, tmp, knob_data, extra, name)
+        runs[name] = (rec, metrics, observe(rec, metrics, stdout))
+    runs["data"] = knob_data
+    return runs
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                 "<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+# Flags that govern separate observables share a run; each value differs from every other setting.
+KNOB_GROUPS = {
+    "base": [],
+    "a": ["--group-size", "3", "--max-grad-norm", "0.5", "--lr", "1e-3", "--eval-size", "1",
+          "--save-every", "2", "--lam-var", "0.5", "--micro-batch", "2"],
+    "b": ["--temperature", "0.7", "--kl-coef", "0.1", "--eval-samples", "1", "--max-new-tokens",
+          "9", "--warmup-steps", "0", "--ppo-epochs", "2", "--prompts-per-step", "1"],
+    "c": ["--dtype", "bf16", "--steps", "3", "--eval-every", "2"],
+    "d": ["--mode", "outcome", "--seed", "3", "--eval-data", "other.jsonl", "--device", "cpu"],
+    "e": ["--prm", str(HERE / "tiny_task" / "prm"), "--lam", "0.5", "--eval-batch", "1", "--model",
+          "CHAT_MODEL", "--chat", "--defaults", "tiny"],
+    "f": ["--prm-quantile", "0.9", "--data", "train2.jsonl", "--defaults", "llm"],
+}
+
+def questions_of(path):
+    return {progrs.build_prompt(p["question"]) for p in progrs.load_problems(path)}
+
+def lengths(rec):
+    """(completion lengths, truncated flags) of every rollout of the run."""
+    masks = [b["completion_mask"].sum(-1) for _, b in rec.batches]
+    return torch.cat(masks).tolist(), torch.cat([b["truncated"] for _, b in rec.batches]).tolist()
+
+def check_model(base, new, runs):
+    assert "chat_model" in new["startup"].split(":")[0]
+    assert "tiny defaults (--defaults tiny)" in new["startup"]
+
+def check_dtype(base, new, runs):
+    assert {on for _, on, _ in base["autocast"]} == {False}
+    phases = ("rollout", "train", "update")                     # sampling, greedy eval, update
+    assert new["autocast"] == [(phase, True, "torch.bfloat16") for phase in phases]
+
+def check_defaults(base, new, runs):
+    assert "llm defaults (--defaults llm)" in new["startup"]
+    assert new["lrs"] == pytest.approx([x / 100 for x in base["lrs"]])   # 1e-6 against 1e-4
+
+def check_data(base, new, runs):
+    assert set(new["train_questions"]) <= questions_of(runs["data"] / "train2.jsonl")
+    assert set(base["train_questions"]) <= questions_of(runs["data"] / "train.jsonl")
+
+def check_eval_data(base, new, runs):
+    assert set(new["eval_questions"]) <= questions_of(runs["data"] / "other.jsonl")
+    assert set(base["eval_questions"]) <= questions_of(runs["data"] / "test.jsonl")
+
+def check_max_new_tokens(base, new, runs):
+    for rec, cap in ((runs["base"][0], 12), (runs["b"][0], 9)):
+        length, truncated = lengths(rec)
+        assert max(length) <= cap and any(truncated)
+        assert all(n == cap for n, cut in zip(length, truncated) if cut)   # the cap, hit exactly
+
+def check_advantages(base, new, runs):
+    for name, lam in (("base", 1.0), ("e", 0.5)):
+        for _, b in runs[name][0].batches:
+            assert torch.allclose(b["adv"], b["a_out"] + lam * b["c"])
+    for _, b in runs["d"][0].batches:
+        assert torch.equal(b["adv"], b["a_out"])                       # outcome: plain GRPO
+
+def check_prm(base, new, runs):
+    assert f"PRM {HERE / 'tiny_task' / 'prm'}, tau 0.5" in new["startup"]
+    assert (runs["e"][0].prm_type, runs["base"][0].prm_type) == ("ModelPRM", "ToyPRM")
+
+def check_prm_quantile(base, new, runs):
+    assert new["startup"].endswith("tau 0.9") and base["startup"].endswith("tau 0.1")
+    for name, column in (("base", 0), ("f", 2)):
+        rec = runs[name][0]
+        read = [q[:, column].tolist() for phase, call in rec.columns if phase == "rollout"
+                for q in call]
+        logged = [s for _, b in rec.batches for s in b["step_scores"]]
+        torch.testing.assert_close(torch.tensor(flat([read])), torch.tensor(flat([logged])),
+                                   rtol=0, atol=0, equal_nan=True)
+
+def check_lam_var(base, new, runs):
+    rec = runs["a"][0]
+    got = [b["b_grid"].flatten().tolist() for _, b in rec.batches]
+    assert flat([got]) == pytest.approx(flat([recomputed_b(rec, 0.5)]), abs=1e-6)
+
+def check_seed(base, new, runs):
+    assert new["train_questions"] != base["train_questions"]
+
+# flag -> (the run that changes it, the observables it may move, and what they must be in the base
+# run and in that run, or a check), or the reason its effect is not observed here
+KNOB_CASES = {
+    "--model": ("e", {"chat", "train_questions", "eval_questions"}, check_model),
+    "--device": "one device on this machine: auto and cpu pick the same (pick_device's own test "
+                "fakes CUDA)",
+    "--dtype": ("c", {"autocast"}, check_dtype),
+    "--chat": ("e", {"chat", "train_questions", "eval_questions"}, {"chat": ([False], [True])}),
+    "--defaults": ("f", {"lrs"}, check_defaults),
+    "--data": ("f", {"train_questions"}, check_data),
+    "--eval-data": ("d", {"eval_questions"}, check_eval_data),
+    "--eval-size": ("a", {"eval_calls", "eval_questions"},
+                    {"eval_calls": ([(2, 1, 0.0)] * 3, [(1, 1, 0.0)] * 3)}),
+    "--eval-every": ("c", {"eval_steps", "eval_calls", "saves"},
+                     {"eval_steps": ([0, 1, 2], [0, 2, 3])}),
+    "--eval-samples": ("b", {"eval_calls", "sampled"},       # sampled at the training temperature
+                       {"sampled": (False, True), "eval_calls": ([(2, 1, 0.0)] * 3,
+                                                                 [(2, 1, 0.0), (2, 1, 0.7)] * 3)}),
+    "--eval-batch": ("e", {"eval_calls"}, {"eval_calls": ([(2, 1, 0.0)] * 3, [(1, 1, 0.0)] * 6)}),
+    "--steps": ("c", {"steps", "optimizer_steps", "lrs", "saves", "eval_steps", "eval_calls",
+                      "rollout_prompts", "micro_batches", "train_questions"},
+                {"steps": ([1, 2], [1, 2, 3]), "optimizer_steps": (2, 3)}),
+    "--prompts-per-step": ("b", {"rollout_prompts", "micro_batches", "train_questions"},
+                           {"rollout_prompts": ([1, 2, 2], [1, 1, 1])}),
+    "--group-size": ("a", {"group_size", "micro_batches"}, {"group_size": ([2], [3])}),
+    "--max-new-tokens": ("b", {"cap"}, check_max_new_tokens),
+    "--temperature": ("b", {"rollout_temperature", "update_temperature", "reference", "eval_calls"},
+                      {"rollout_temperature": ([1.0], [0.7]), "update_temperature": ([1.0], [0.7]),
+                       "reference": ([], [0.7])}),
+    "--mode": ("d", set(), check_advantages),
+    "--lam": ("e", set(), check_advantages),
+    "--prm": ("e", set(), check_prm),
+    "--prm-quantile": ("f", set(), check_prm_quantile),
+    "--lam-var": ("a", {"lam_var"}, {"lam_var": ([1.0], [0.5])}),
+    "--lr": ("a", {"lrs"}, {"lrs": ([1e-4 / 3, 2e-4 / 3], [1e-3 / 3, 2e-3 / 3])}),
+    "--warmup-steps": ("b", {"lrs"}, {"lrs": ([1e-4 / 3, 2e-4 / 3], [1e-4] * 4)}),
+    "--micro-batch": ("a", {"micro_batches"}, {"micro_batches": ([4, 4], [2] * 6)}),
+    "--ppo-epochs": ("b", {"optimizer_steps", "lrs", "micro_batches"}, {"optimizer_steps": (2, 4)}),
+    "--kl-coef": ("b", {"kl", "reference"}, {"kl": (False, True)}),
+    "--max-grad-norm": ("a", {"clip"}, {"clip": ([1.0], [0.5])}),
+    "--out": "every run of this table writes into a new --out whose parent folders do not exist",
+    "--save-every": ("a", {"saves"}, {"saves": ([1, 2], [2])}),
+    "--seed": ("d", {"train_questions"}, check_seed),
+    "--resume": "test_resume_continues_a_finished_run_and_refuses_every_flag_it_cannot_continue",
+}
+
+def test_the_flag_table_covers_every_flag():
+    assert list(KNOB_CASES) == [flag for _, flag, *_ in progrs.FLAGS]
+    for flag, case in KNOB_CASES.items():
+        if not isinstance(case, str):
+            assert flag in KNOB_GROUPS[case[0]] + ["--model"], flag
+
+@pytest.mark.parametrize("flag", [f for f, case in KNOB_CASES.items() if not isinstance(case, str)])
+def test_each_flag_moves_what_it_governs_and_nothing_else(flag, knob_runs):
+    group, _, expect = KNOB_CASES[flag]
+    base, new = knob_runs["base"][2], knob_runs[group][2]
+    if callable(expect):
+        expect(base, new, knob_runs)
+    else:
+        for key, (before, after) in expect.items():
+            if key == "lrs":   # floats
+                before, after = pytest.approx(before), pytest.approx(after)
+            assert (base[key], new[key]) == (before, after), key
+    moved = [c[1] for c in KNOB_CASES.values() if not isinstance(c, str) and c[0] == group]
+    same_except(base, new, set().union(*moved))
+
+def test_the_prm_gets_each_rollouts_question_and_steps_in_order_and_is_read_at_the_runs_tau(
+        knob_runs):
+    """A recording PRM, for the toy PRM (tau 0.1, column 0) and the learned one (tau 0.5, its
+    config's): each rollout_step hands it the question and the steps of every rollout, prompt-major
+    as the policy sampled them, and the logged step scores are the column the run reads."""
+    for name, column in (("base", 0), ("f", 2), ("e", 1)):
+        rec = knob_runs[name][0]
+        calls = [call for call in rec.prm if call[0] == "rollout"]
+        returned = [out for phase, out in rec.columns if phase == "rollout"]
+        assert len(calls) == len(rec.batches) > 1
+        for (_, questions, steps), out, (problems, batch) in zip(calls, returned, rec.batches):
+            G = batch["correct"].shape[1]
+            assert questions == [p["question"] for p in problems for _ in range(G)]
+            assert steps == [progrs.split_steps(t) for t in batch["texts"]]
+            read = [q[:, column].tolist() for q in out]
+            torch.testing.assert_close(torch.tensor(flat([read]) or [0.0]),
+                                       torch.tensor(flat([batch["step_scores"]]) or [0.0]),
+                                       rtol=0, atol=0, equal_nan=True)
+        assert any(len(s) > 0 for _, _, steps in calls for s in steps)
+
+def test_an_unwritable_out_or_cache_fails_before_any_model_loads(tmp_path, monkeypatch):
+    loads = []
+    monkeypatch.setattr(progrs, "load_model", lambda *a, **k: loads.append(a))
+    folder = unwritable_folder()
+    with pytest.raises(progrs.ProgrsError, match=f"--out {folder}: cannot write there"):
+        progrs.main(["--out", str(folder)])
+    monkeypatch.setenv("PROGRS_CACHE", str(folder / "progrs"))
+    serve_gsm8k(monkeypatch, b'{"question": "What is 1 + 1?", "answer": "2"}\n', "train")
+    with pytest.raises(progrs.ProgrsError, match="--data gsm8k: cannot write the cache"):
+        progrs.main(["--out", str(tmp_path / "out"), "--data", "gsm8k"])
+    assert loads == []
 
 # --------------------------------------------------------------------------------------------------
 # Main: the command line, end to end (progrs.py copied alone too), and bad input refused in one line
@@ -2622,6 +3145,68 @@ def test_bad_input_is_one_line_naming_it_and_early(bad_input_runs, case):
     assert len(err) == 1 and all(n in err[0] for n in needles), result["stderr"][-2000:]
     if before_model:
         assert not result["model_loaded"], "refused only after the model had loaded"
+
+def test_the_shuffle_control_draws_its_permutations_from_the_seed(monkeypatch):
+    controls = tiny_task_tool("controls")
+    correct = torch.zeros(4, 8, dtype=torch.bool)
+    b = torch.linspace(0, 1, 32).view(4, 8)
+    seen = []
+
+    def fake_main(argv):   # the run's calls to compute_advantages, without a model
+        seen.append([progrs.compute_advantages(correct, b, "progrs", 1.0)[2] for _ in range(3)])
+    real = progrs.compute_advantages
+    monkeypatch.setattr(progrs, "main", fake_main)
+    for seed in ("0", "0", "1"):
+        monkeypatch.setattr(progrs, "compute_advantages", real)   # controls.main wraps it
+        torch.manual_seed(0)
+        controls.main(["--bonus-control", "shuffle", "--seed", seed])
+    same, other = [torch.stack(s[1:]) for s in seen[:2]], torch.stack(seen[2][1:])
+    assert torch.equal(same[0], same[1]) and not torch.equal(same[0], other)
+
+def test_trl_gathers_scores_before_centering_and_keeps_its_own_slice_unscaled(monkeypatch):
+    """Process 1 of 2 (on a node whose other process is 0): its scores are gathered with process 0's
+    before the advantages are computed, it keeps rows n..2n of them as computed (no second scaling),
+    and its prompts are the templated ones when chat=True."""
+    trl_progrs = trl_tool()
+    from trl import GRPOConfig
+    model, tokenizer = progrs.load_model(str(TINY_MODEL), torch.device("cpu"))
+    problems = progrs.load_problems(HERE / "tiny_task" / "train.jsonl")[:2]
+    G = 4
+    texts = ["1 + 1 = 2\nAnswer: 5", "Answer: 7", "2 + 2 = 5\nAnswer: 9", "Answer: 8"]  # process 1
+    ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+
+    def rollout(prompts, trainer):
+        return dict(prompt_ids=[tokenizer(p)["input_ids"] for p in prompts], completion_ids=ids,
+                    logprobs=None)
+    other = torch.tensor([[1.0, 0.7], [0.0, 0.6], [0.0, 0.1], [1.0, 0.2]])  # process 0's rows
+    monkeypatch.setattr(trl_progrs, "gather", lambda local: torch.cat([other, local]))
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, num_generations=G,
+                      per_device_train_batch_size=G, max_completion_length=16, report_to=[],
+                      gradient_checkpointing=False, save_strategy="no", disable_tqdm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = trl_progrs.ProgrsGRPOTrainer(
+            model=model, processing_class=tokenizer, args=args, prm=progrs.ToyPRM(),
+            train_dataset=trl_progrs.progrs_dataset(problems), rollout_func=rollout)
+    monkeypatch.setattr(type(trainer.accelerator), "process_index", property(lambda self: 1))
+    monkeypatch.setattr(type(trainer.accelerator), "local_process_index", property(lambda self: 0))
+    trainer.model.train()
+    rows = [dict(prompt=progrs.build_prompt(problems[1]["question"]), **problems[1])] * G
+    got = trainer._generate_and_score_completions(rows)["advantages"]
+    mine = progrs.score_completions([problems[1]] * G, texts, progrs.ToyPRM(), 0, 1.0)
+    scores = torch.cat([other, torch.tensor([mine["correct"], mine["b"]]).T.float()])  # (2G, 2)
+    want, _, _ = progrs.compute_advantages(scores[:, 0].bool().view(2, G), scores[:, 1].view(2, G),
+                                           "progrs", 1.0)
+    assert torch.equal(got, want[1])                        # rows G..2G, exactly as computed
+    assert not torch.allclose(got, want[0])                  # process 0's rows are not its own
+    templated = trl_progrs.progrs_dataset(problems, TemplatedTokenizer(), chat=True)
+    assert templated[0]["prompt"] == f"<user>{progrs.INSTRUCTION}\n{problems[0]['question']}<bot>"
+
+class TemplatedTokenizer:
+    chat_template = "a template"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return f"<{messages[0]['role']}>{messages[0]['content']}<bot>"
 
 # --------------------------------------------------------------------------------------------------
 # Beside the trainer (tiny_task/): the bundled model, the adversarial corpus, the experiment
