@@ -234,8 +234,7 @@ RESUME_MAY_CHANGE = ("--steps", "--device", "--out", "--resume")  # --resume ref
 class ProgrsError(Exception):
     """Bad input: main() prints the message as one line and exits non-zero."""
 
-def first_line(e) -> str:
-    """An OSError's reason ("Permission denied"), else the message's first line, else its type."""
+def first_line(e) -> str:  # an OSError's reason, else the message's first line, else the type
     if getattr(e, "strerror", None):
         return e.strerror
     lines = str(e).strip().splitlines()
@@ -302,7 +301,6 @@ def record_problem(rec) -> str | None:
         return f"expected a finite number 'answer', got {a}"
     if not q.strip() or not parse_gold(str(a)):
         return "empty 'question' or empty final answer"
-    return None
 
 def load_problems(path) -> list[dict]:
     """[{"question", "gold"}] from a JSONL file; any fault is one line naming the file and line."""
@@ -375,8 +373,15 @@ def load_data(value: str, split: str, flag: str) -> list[dict]:
         download_gsm8k(split, path, flag)
     return load_problems(path)
 
-# One prompt for rollouts, evaluation, learned PRMs and the tiny model's warm start.
+# The prompt of rollouts, evaluation, learned PRMs and the tiny model's warm start. Given it, a real
+# instruct model (--chat) answers at once or in LaTeX prose; one worked exchange in the format the
+# toy PRM checks makes it write an equation a line (tiny_task/real_weights.md).
 INSTRUCTION = "Solve the problem. Write one step per line, then a last line 'Answer: <answer>'."
+CHAT_INSTRUCTION = ("Solve the problem step by step. Write each calculation on its own line as an "
+                    "equation with numbers only, like 48 / 2 = 24. Then write a last line "
+                    "'Answer: <number>'.")
+CHAT_EXAMPLE = ("A baker bakes 24 rolls a day. She sells 15 and gives 4 to a neighbour. How many "
+                "rolls are left?", "Given out: 15 + 4 = 19\nLeft: 24 - 19 = 5\nAnswer: 5")
 
 def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
     """Plain: INSTRUCTION / "Question: ..." / "Solution:". chat=True: the chat template."""
@@ -385,13 +390,15 @@ def build_prompt(question: str, tokenizer=None, chat: bool = False) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ProgrsError("--chat: this tokenizer has no chat template (drop --chat for a base "
                           "model)")
-    messages = [{"role": "user", "content": f"{INSTRUCTION}\n{question}"}]
+    messages = [{"role": "user", "content": f"{CHAT_INSTRUCTION}\n{CHAT_EXAMPLE[0]}"},
+                {"role": "assistant", "content": CHAT_EXAMPLE[1]},
+                {"role": "user", "content": f"{CHAT_INSTRUCTION}\n{question}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 # --------------------------------------------------------------------------------------------------
-# Rollouts: one batched, KV-cached generate() per step for P prompts x G samples, left-padded, with
-# our sampling settings only (on-policy). Rows stop after the answer line (the verifier's rule,
-# next) or at EOS; the mask keeps EOS and is built from positions, not from `token == pad`.
+# Rollouts: one KV-cached generate() per step for P prompts x G samples, left-padded, our sampling
+# settings only (on-policy); rows stop after the answer line (next section) or at EOS, the mask
+# built from positions (EOS kept), not from `token == pad`.
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=None):
     """(B, T) -> (mask, truncated): rows end at the first EOS (kept) or stopped_at (0: none)."""
@@ -407,8 +414,7 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=No
     return mask, ~has_eos & (stopped == 0)
 
 @functools.lru_cache(maxsize=8)
-def newline_tokens(tokenizer) -> torch.Tensor:
-    """(V,) bool: the token ids whose text holds a newline, where an answer line can end."""
+def newline_tokens(tokenizer) -> torch.Tensor:  # (V,): where an answer line can end
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     return torch.tensor(["\n" in t for t in texts])
 
@@ -445,7 +451,8 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
     Tp = enc["input_ids"].shape[1]
     named = model.generation_config.eos_token_id  # a chat model's <|im_end|>, its base EOS
     named = [named] if isinstance(named, int) else named or []
-    eos_ids = sorted({tokenizer.eos_token_id, *named} - {None})
+    # and the pad token: an instruct tokenizer's end of text (Qwen: <|endoftext|>; eos <|im_end|>)
+    eos_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id, *named} - {None})
     sampling = dict(do_sample=False)  # greedy
     if temperature > 0:               # the full softmax(logits / T): no top-k, no nucleus
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
@@ -477,7 +484,6 @@ _ANSWER_MARK = re.compile(r"answer[*\s]{0,8}:|####", re.IGNORECASE)
 _BOX_EVENT = re.compile(r"\\boxed\s*\{|[{}]")
 _NUMBER = re.compile(r"(?<![0-9.])-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
 
-# the answer, where its line starts and ends (its newline included), whether a newline closed it
 AnswerLine = NamedTuple("AnswerLine", [("answer", str), ("start", int), ("end", int),
                                        ("ended", bool)])
 
@@ -500,7 +506,8 @@ def _closed_boxes(text: str) -> list[tuple[int, int]]:
     return boxes
 
 def find_answer(text: str) -> AnswerLine | None:
-    """The completion's answer line (see the rule above), or None if it commits to nothing."""
+    """The answer line (the rule above): the answer, where the line starts and ends (its newline
+    included), whether a newline closed it; None if the completion commits to nothing."""
     boxes = _closed_boxes(text)
     next_box = 0   # the first box not yet read
     start = 0      # the current line's start
@@ -555,10 +562,9 @@ def split_steps(completion: str) -> list[str]:
     return [line.strip() for line in body.split("\n") if line.strip()]
 
 # --------------------------------------------------------------------------------------------------
-# Toy PRM (frozen): a transparent rule behind a quantile-regression PRM's interface. A step is
-# false if an equation in it is false, true if one is true, else unjudged (NaN); p(sound) is
-# Beta(1 + e, 1) if true, Beta(1, 1 + e) if false, read at quantiles tau ("47 + 28 = 75": 0.63,
-# 0.87, 0.98). Its blind spot is a real PRM's too: a miscopied number is a sound step.
+# Toy PRM (frozen), a quantile-regression PRM's interface: a step is false if an equation in it is,
+# true if one is true, else unjudged (NaN); p(sound) ~ Beta(1 + e, 1) if true, Beta(1, 1 + e) if
+# false, read at quantiles tau. Its blind spot is a real PRM's too: a miscopied number is sound.
 
 MAX_EXPR = 120    # characters of arithmetic before "="
 MAX_DIGITS = 15   # digits of one number
@@ -574,8 +580,7 @@ _BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub,
             ast.Mult: operator.mul, ast.Div: operator.truediv}
 _UN_OPS = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
-def _walk(node) -> float | None:
-    """The value of a tree of numbers and + - * / ( ), else None."""
+def _walk(node) -> float | None:  # the value of a tree of numbers and + - * / ( ), else None
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return float(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UN_OPS:
@@ -692,12 +697,10 @@ def is_causal_lm(config) -> bool:
     return any(a.endswith("ForCausalLM") for a in config.architectures or [])
 
 # --------------------------------------------------------------------------------------------------
-# Learned PRMs (frozen): --prm FOLDER or a hub id, behind the toy PRM's interface, each step read
-# at its last token: a token classifier with a quantile head (labels q0.1, q0.5, ...) or a two-class
-# head (p(good)); or a causal LM at a step tag, p(good) / (p(good) + p(bad)) of the next token
-# (the config's progrs_step_tag and progrs_step_tokens, else Math-Shepherd's: tag ки, tokens + -).
+# Learned PRMs (frozen): --prm FOLDER or a hub id, each step read at its last token: a token
+# classifier's quantile head (labels q0.1, q0.5, ...) or two-class head (p(good)); or a causal LM at
+# a step tag, p(good) / (p(good) + p(bad)) (config's progrs_step_tag, else Math-Shepherd's ки + -).
 
-STEP_SEP = "\n"
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
 _GOOD_LABEL = re.compile(r"good|pos(itive)?|\+|correct|true|1", re.IGNORECASE)  # a whole label
 
@@ -708,10 +711,10 @@ def prm_inputs(tokenizer, question: str, steps: list[str], tag: str | None = Non
     ids = tok(build_prompt(question))
     ends = []
     for step in steps:
-        ids = ids + tok(f"{step} {tag}" if tag else step + STEP_SEP)
+        ids = ids + tok(f"{step} {tag}" if tag else step + "\n")
         ends.append(len(ids) - 1)
         if tag:
-            ids = ids + tok(STEP_SEP)
+            ids = ids + tok("\n")
     return ids, ends
 
 def quantiles_from_logits(z: torch.Tensor) -> torch.Tensor:
@@ -769,8 +772,7 @@ class ModelPRM:
         self.max_len = min(getattr(self.model.config, "max_position_embeddings", 0) or 4096, 4096)
         self.q_index = quantile_index(self)  # the column a run reads (build_prm sets it)
 
-    def read(self, z: torch.Tensor) -> torch.Tensor:
-        """(S, K) head outputs at the steps' ends -> (S, Q) quantiles of p(step is sound)."""
+    def read(self, z: torch.Tensor) -> torch.Tensor:  # (S, K) head outputs -> (S, Q) quantiles
         if self.kind == "step-tag":
             return z[:, self.good_bad].softmax(-1)[:, :1]
         if self.kind == "two-class":
@@ -943,8 +945,7 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
                  t_generate=t1 - t0, t_score=time.perf_counter() - t1)
     return batch
 
-def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:
-    """Accuracy, b, trace errors (per right answer), steps and fluent failures of rollouts."""
+def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:  # trace errors: per right
     n_right = sum(scored["correct"])
     return dict(accuracy=n_right / len(scored["correct"]),
                 process_score=float(np.mean(scored["b"])),
@@ -1119,9 +1120,8 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
     return dict(before=before, after=last)
 
 # --------------------------------------------------------------------------------------------------
-# The run folder, --out: metrics.jsonl, config.json (the flags) and model/, the last checkpoint
-# (weights, tokenizer, progrs_state.pt for --resume), written whole in model.tmp/ and swapped in by
-# two renames (model/ -> model.old/, model.tmp/ -> model/): one whole checkpoint at every instant.
+# The run folder, --out: metrics.jsonl, config.json and model/ (weights, tokenizer, progrs_state.pt
+# for --resume), written in model.tmp/, swapped in by two renames: one whole checkpoint at any time.
 
 CHECKPOINT_DIRS = ("model.tmp", "model", "model.old")  # being written, the last one, the previous
 STATE_KEYS = ("step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics",
@@ -1209,8 +1209,8 @@ def resume_state(args) -> dict:
 
 def pick_device(args) -> tuple[torch.device, bool]:
     """(device, bf16 autocast) from --device and --dtype; one line if the device is not here."""
-    name = "cuda" if torch.cuda.is_available() else "cpu"
-    name = name if args.device == "auto" else args.device
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    name = auto if args.device == "auto" else args.device
     with contextlib.suppress(RuntimeError):  # a name torch cannot read
         device = torch.device(name)
         cuda_here = device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()

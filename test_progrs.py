@@ -603,16 +603,27 @@ def test_pinned_gsm8k_test_split_is_the_shared_copy():
     data = GSM8K.read_bytes()
     assert (data.count(b"\n"), hashlib.sha256(data).hexdigest()) == progrs.GSM8K_SPLITS["test"]
 
-def test_build_prompt_gives_the_chat_template_one_user_message(tiny):
-    """--chat: one message, role user, content the instruction and the question, then the generation
-    prompt; a tokenizer without a template is one line naming --chat."""
+def test_build_prompt_gives_the_chat_template_a_worked_example_then_the_question(tiny):
+    """--chat: a user turn (the chat instruction and the example), the example's solution as the
+    assistant's, then the question, and the generation prompt; the plain prompt is the warm start's;
+    a tokenizer without a template is one line naming --chat."""
     tok = copy.deepcopy(tiny[1])
     with pytest.raises(progrs.ProgrsError, match="^--chat: this tokenizer has no chat template"):
         progrs.build_prompt("What is 2 + 2?", tok, chat=True)
     tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}<assistant>{% endif %}")
     prompt = progrs.build_prompt("What is 2 + 2?", tok, chat=True)
-    assert prompt == f"<user>{progrs.INSTRUCTION}\nWhat is 2 + 2?\n<assistant>"
+    example, solution = progrs.CHAT_EXAMPLE
+    instruction = progrs.CHAT_INSTRUCTION
+    assert prompt == (f"<user>{instruction}\n{example}\n<assistant>{solution}\n"
+                      f"<user>{instruction}\nWhat is 2 + 2?\n<assistant>")
+    assert [progrs.split_steps(solution), progrs.extract_answer(solution)] == [
+        ["Given out: 15 + 4 = 19", "Left: 24 - 19 = 5"], "5"]
+    assert [progrs.check_equations(s) for s in progrs.split_steps(solution)] == [(1, 0), (1, 0)]
+    gsm8k = GSM8K.read_text() if GSM8K.exists() else ""
+    assert json.dumps(example) not in gsm8k           # the example is no GSM8K test problem
+    plain = progrs.build_prompt("What is 2 + 2?")
+    assert plain == f"{progrs.INSTRUCTION}\nQuestion: What is 2 + 2?\nSolution:\n"
 
 def unwritable_folder():
     """An existing folder this process cannot write (root ignores file modes: /sys is read-only)."""
@@ -816,6 +827,21 @@ def test_rows_stop_at_the_tokenizers_eos_even_when_the_generation_config_names_n
     out = progrs.generate(model, tok, [progrs.build_prompt("What is 3 + 4?")], 3, 8, 1.0, no_amp)
     assert out["completion_mask"].sum(1).tolist() == [1, 1, 1]
     assert out["truncated"].tolist() == [False] * 3 and out["texts"] == [""] * 3
+
+def test_rows_stop_at_end_of_text_when_the_eos_is_another_token(tiny):
+    """An instruct tokenizer (Qwen2.5-Instruct: eos <|im_end|>, pad <|endoftext|>) whose folder's
+    generation_config names only <|im_end|>: a model that says <|endoftext|> stops there too."""
+    tok = copy.deepcopy(tiny[1])
+    tok.add_special_tokens({"eos_token": "<|im_end|>"})
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.pad_token_id == eot != im_end
+    model = with_biased_head(tiny[0], 100.0 * (torch.arange(tiny[0].config.vocab_size) == eot))
+    model.generation_config.eos_token_id = im_end
+    torch.manual_seed(0)
+    out = progrs.generate(model, tok, [progrs.build_prompt("What is 3 + 4?")], 3, 8, 1.0, no_amp)
+    assert out["completion_mask"].sum(1).tolist() == [1, 1, 1]
+    assert out["truncated"].tolist() == [False] * 3
 
 def test_each_prompt_of_a_batch_gets_the_completion_it_gets_alone(tiny):
     """Prompts of different lengths in one batch (left padding): greedy completions as if each ran
@@ -2032,7 +2058,8 @@ def test_chat_run_end_to_end(tmp_path, tiny, monkeypatch):
     assert len(seen) >= 4 and all(chat is True for _, chat in seen)   # rollouts and evaluations
     for prompts, _ in seen:                                           # the template's text
         for p in prompts:
-            assert p.startswith(f"user: {progrs.INSTRUCTION}\n") and p.endswith("\nSolution:\n")
+            assert p.startswith(f"user: {progrs.CHAT_INSTRUCTION}\n")
+            assert p.endswith("\nSolution:\n")
             assert "Question:" not in p
     last = metrics(tmp_path / "out")[-1]
     assert last["step"] == 2 and "eval_accuracy" in last
@@ -2757,6 +2784,49 @@ def test_an_unwritable_out_or_cache_fails_before_any_model_loads(tmp_path, monke
     with pytest.raises(progrs.ProgrsError, match="--data gsm8k: cannot write the cache"):
         progrs.main(["--out", str(tmp_path / "out"), "--data", "gsm8k"])
     assert loads == []
+
+REAL_MODEL = os.environ.get("PROGRS_REAL_MODEL")
+
+@pytest.mark.skipif(not REAL_MODEL, reason="set PROGRS_REAL_MODEL to a real model's folder "
+                    "(bash ../shared/real_weights/fetch_qwen.sh prints one)")
+def test_real_weights_one_step_of_progrs_py_runs_to_finite_metrics(tmp_path):
+    """One step of python progrs.py on real weights (2 prompts x 2 rollouts, 48 tokens, --chat):
+    the startup line, the load check (log-probs of the fp32 head blocks equal the model's own
+    logits, or load_model refuses), every rollout ending at EOS, its answer line or the cap, and
+    finite metrics."""
+    problems = load_problems(GSM8K if GSM8K.exists() else TINY_TEST)[:4]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": p["question"], "answer": p["gold"]}) + "\n"
+                            for p in problems))
+    batches = []
+    real = progrs.rollout_step
+
+    def recording(*args):
+        batches.append(real(*args))
+        return batches[-1]
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(progrs, "rollout_step", recording)
+        progrs.main(["--model", REAL_MODEL, "--chat", "--data", str(data), "--eval-data", str(data),
+                     "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                     "--max-new-tokens", "48", "--eval-size", "2", "--eval-every", "1",
+                     "--micro-batch", "4", "--out", str(tmp_path / "out")])
+    startup = out.getvalue().splitlines()[0]
+    assert startup.startswith(f"model {REAL_MODEL}: ")
+    assert "llm defaults (not in tiny_task/)" in startup
+    assert "M parameters" in startup and "4 train / 2 eval problems; PRM toy, tau 0.1" in startup
+    from transformers import AutoTokenizer            # (main's load check passed: no refusal)
+    tokenizer = AutoTokenizer.from_pretrained(REAL_MODEL)
+    eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    for batch in batches:
+        for row, text in enumerate(batch["texts"]):
+            n = int(batch["completion_mask"][row].sum())
+            last = int(batch["input_ids"][row, batch["prompt_len"] + n - 1])
+            found = progrs.find_answer(text)
+            assert last in eos or (found and found.ended) or n == 48, text
+    for line in metrics(tmp_path / "out"):
+        for key, value in line.items():
+            assert value is None or not isinstance(value, float) or math.isfinite(value), key
 
 # --------------------------------------------------------------------------------------------------
 # Main: the command line, end to end (progrs.py copied alone too), and bad input refused in one line

@@ -330,6 +330,9 @@ KNOBS = [
      'out["advantages"] = adv[rank * n:(rank + 1) * n]', 'out["advantages"] = adv[rank * n:(rank + 1) * n] / (adv.std() + 1e-4)', ""),
 ]
 
+SKIP = None  # --skip
+
+
 def run_one(i, mutant, tests, full, timeout):
     path, desc, old, new, k = mutant
     source = (ROOT / path).read_text() if path else ""
@@ -348,7 +351,8 @@ def run_one(i, mutant, tests, full, timeout):
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "test_progrs.py"]
         t0 = time.time()
         try:
-            proc = subprocess.run(cmd + ([] if full else ["-k", k]), cwd=tmp, capture_output=True, text=True,
+            select = ["-k", f"not ({SKIP})"] if full and SKIP else [] if full else ["-k", k]
+            proc = subprocess.run(cmd + select, cwd=tmp, capture_output=True, text=True,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
             return i, "timeout", time.time() - t0, ""
@@ -362,6 +366,8 @@ def main():
     p.add_argument("--only", help="comma-separated mutant numbers (from 1)")
     p.add_argument("--full", action="store_true", help="run the whole suite on each mutant")
     p.add_argument("--knobs", action="store_true", help="the KNOBS table (always the whole suite)")
+    p.add_argument("--tests", help="another test file (an earlier test_progrs.py, say)")
+    p.add_argument("--skip", help="with --full: a pytest -k expression of tests to leave out")
     p.add_argument("--baseline", action="store_true", help="first run the unmutated files on each selection")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--timeout", type=int, default=1800, help="seconds per mutant")
@@ -369,7 +375,9 @@ def main():
     global MUTANTS
     if a.knobs:
         MUTANTS, a.full = KNOBS, True
-    tests = ROOT / "test_progrs.py"
+    tests = Path(a.tests) if a.tests else ROOT / "test_progrs.py"
+    global SKIP
+    SKIP = a.skip
     chosen = [int(x) for x in a.only.split(",")] if a.only else range(1, len(MUTANTS) + 1)
     if a.baseline:
         ks = " or ".join(f"({MUTANTS[i - 1][4]})" for i in chosen)
