@@ -1014,7 +1014,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
     n_right, G = correct.sum(-1), correct.shape[1]                               # (P,), int
     i = int((n_right * (G - n_right)).argmax())
     lines = [f"question: {problems[i]['question'][:200]}   gold: {problems[i]['gold']}",
-             f"{'ok':>3} {'step scores':<24} {'b':>5} {'c':>6} {'A_out':>6} {'A':>6}  completion"]
+             f"{'ok':>3} {'step scores':<29} {'b':>5} {'c':>6} {'A_out':>6} {'A':>6}  completion"]
     for j in range(G):
         row = i * G + j
         scores = batch["step_scores"][row][:6]
@@ -1022,7 +1022,7 @@ def teaching_view(batch: dict, problems: list[dict], width: int = 60) -> str:
         text = batch["texts"][row].strip().replace("\n", " | ")
         text = text if len(text) <= width else text[:width - 3] + "..."
         ok = "yes" if correct[i, j] else ("no*" if fluent[i, j] else "no")
-        lines.append(f"{ok:>3} {steps:<24} {batch['b_grid'][i, j]:5.2f} {batch['c'][i, j]:+6.2f} "
+        lines.append(f"{ok:>3} {steps:<29} {batch['b_grid'][i, j]:5.2f} {batch['c'][i, j]:+6.2f} "
                      f"{batch['a_out'][i, j]:+6.2f} {batch['adv'][i, j]:+6.2f}  {text}")
     if fluent[i].any():
         lines.append("no* = fluent failure: wrong, yet b reaches the median b of recent right "

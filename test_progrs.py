@@ -1862,8 +1862,8 @@ def test_step_metrics_logs_exactly_these_keys_and_the_float32_mean_b():
 
 def test_teaching_view_prints_the_most_mixed_group_as_this_table():
     """The most mixed group (2 of 4 right beats 1 of 4, 4 of 4 and 0 of 4), its rows in order, the
-    first 6 step scores (NaN as -), completions on one line cut to 60 characters, the question to
-    200, fluent failures marked no* and explained."""
+    first 6 step scores (NaN as -) in a column that holds 6, completions on one line cut to 60
+    characters, the question to 200, fluent failures marked no* and explained."""
     correct = torch.tensor([[False] * 4, [True] * 4, [True, False, False, False],
                             [True, True, False, False]])
     b = torch.tensor([[0.3] * 4, [0.9] * 4, [0.8, 0.1, 0.2, 0.3], [0.91, 0.42, 0.87, 0.3]])
@@ -1883,11 +1883,11 @@ def test_teaching_view_prints_the_most_mixed_group_as_this_table():
     problems = [{"question": "q0", "gold": "0"}, {"question": "q1", "gold": "1"},
                 {"question": "q2", "gold": "2"}, {"question": "Q" * 205, "gold": "4"}]
     want = [f"question: {'Q' * 200}   gold: 4",
-            " ok step scores                  b      c  A_out      A  completion",
+            " ok step scores                       b      c  A_out      A  completion",
             "yes 0.10 0.20 0.30 0.40 0.50 0.60  0.91  +0.91  +1.00  +1.91  2 + 2 = 4 | Answer: 4",
-            f"yes   -  0.25                 0.42  +0.42  +1.00  +1.42  {'x' * 60}",
-            f"no* 0.50                      0.87  +0.28  -1.00  -0.71  {'y' * 57}...",  # 0.285 f32
-            " no 0.50                      0.30  -0.29  -1.00  -1.28  row 15",
+            f"yes   -  0.25                      0.42  +0.42  +1.00  +1.42  {'x' * 60}",
+            f"no* 0.50                           0.87  +0.28  -1.00  -0.71  {'y' * 57}...",  # f32
+            " no 0.50                           0.30  -0.29  -1.00  -1.28  row 15",
             "no* = fluent failure: wrong, yet b reaches the median b of recent right rollouts"]
     assert progrs.teaching_view(batch, problems).splitlines() == want
     del batch["fluent"]                                                # none marked: no footnote
