@@ -1317,6 +1317,20 @@ def test_learned_prm_bonus_is_on_the_toy_prms_scale_by_default(tiny):
     assert 1 / 3 <= ratio <= 3, ratio
     assert mean_abs_bonus(learned, 0) / mean_abs_bonus(toy, 0) < 1 / 3   # the trap it replaces
 
+def test_a_prm_checkpoint_without_its_head_is_refused_in_one_line(tmp_path):
+    """The quantile PRM's folder without its score head's weights: from_pretrained would make up a
+    random head; ModelPRM refuses it, naming the missing weights."""
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(TINY_TASK / "prm", tmp_path / "prm")
+    weights = load_file(tmp_path / "prm" / "model.safetensors")
+    body = {k: v for k, v in weights.items() if not k.startswith("score.")}
+    assert len(body) == len(weights) - 2
+    save_file(body, tmp_path / "prm" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(progrs.ProgrsError) as e:
+        progrs.ModelPRM(str(tmp_path / "prm"), torch.device("cpu"), no_amp)
+    assert "has no classification head (score.bias, score.weight missing)" in str(e.value)
+    assert "\n" not in str(e.value)
+
 # --------------------------------------------------------------------------------------------------
 # Loss and update: log-probs at the sampling temperature, the clipped loss over the batch's tokens,
 # optional k3 KL, clipping, PPO epochs
