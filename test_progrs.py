@@ -799,7 +799,8 @@ def test_chat_prompts_get_their_special_tokens_once(tiny):
         single=f"{eos} $A", special_tokens=[(eos, tok.eos_token_id)])
     assert tok("x")["input_ids"][0] == tok.eos_token_id
     prompt = progrs.build_prompt("What is 3 + 4?", tok, chat=True)
-    assert prompt.startswith(eos + "user: " + progrs.INSTRUCTION) and prompt.endswith("Solution:\n")
+    assert prompt.startswith(eos + "user: " + progrs.CHAT_INSTRUCTION)
+    assert prompt.endswith("Solution:\n")
     torch.manual_seed(0)
     batch = progrs.generate(model, tok, [prompt], 2, 8, 1.0, no_amp, chat=True)
     ids = batch["input_ids"][0, :batch["prompt_len"]].tolist()
@@ -3284,13 +3285,14 @@ def test_trl_gathers_scores_before_centering_and_keeps_its_own_slice_unscaled(mo
     assert torch.equal(got, want[1])                        # rows G..2G, exactly as computed
     assert not torch.allclose(got, want[0])                  # process 0's rows are not its own
     templated = trl_progrs.progrs_dataset(problems, TemplatedTokenizer(), chat=True)
-    assert templated[0]["prompt"] == f"<user>{progrs.INSTRUCTION}\n{problems[0]['question']}<bot>"
+    question = problems[0]["question"]
+    assert templated[0]["prompt"].endswith(f"<user>{progrs.CHAT_INSTRUCTION}\n{question}<bot>")
 
 class TemplatedTokenizer:
     chat_template = "a template"
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        return f"<{messages[0]['role']}>{messages[0]['content']}<bot>"
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<bot>"
 
 # --------------------------------------------------------------------------------------------------
 # Beside the trainer (tiny_task/): the bundled model, the adversarial corpus, the experiment
