@@ -5,7 +5,7 @@ truncation, answer formats. Greedy and --samples at --temperature. One JSON per 
 markdown table on stdout.
 
     python tiny_task/real_prompts.py --model ~/.cache/progrs/qwen2.5-coder-0.5b-instruct \
-        --data /tmp/rw/gsm8k_eval.jsonl --problems 30 --samples 2 --max-new-tokens 200
+        --data scratch/gsm8k_eval.jsonl --problems 30 --samples 2 --max-new-tokens 200
 
 That command (53 min on one CPU thread) gave the table in tiny_task/real_weights.md. stray_endoftext counts
 completions that hold <|endoftext|> inside their kept tokens: decoding went on past the end of text.
@@ -118,7 +118,7 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-rows", type=int, default=64)
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
-    ap.add_argument("--out", default="/tmp/rw/prompts")
+    ap.add_argument("--out", default="out/prompts")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
