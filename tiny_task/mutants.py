@@ -4,8 +4,8 @@ The model-free functions of progrs.py (centering, advantages, dominance, coheren
 verifier, split_steps, the toy PRM, check_args, apply_defaults, load_problems, record_problem,
 parse_gold, step_metrics, rollout_metrics, score_completions) are mutated by a tool, mutmut
 (tiny_task/mutation.sh), whose tests run in seconds. The rest loads models: rollouts, log-probs and
-the update, evaluation, train and --resume, main's checks, and the plumbing beside the tiny task
-(tiny_task/learned_prm.py, run_folder.py, gsm8k.py) and the TRL trainer (tiny_task/trl_progrs.py). Its tests take seconds to minutes each, too slow
+the update, evaluation, train and --resume, main's checks, the learned PRMs, the run folder and
+GSM8K's download (all in progrs.py) and the TRL trainer (tiny_task/trl_progrs.py). Its tests take seconds to minutes each, too slow
 for a tool that tries every operator; so here is a hand-written table of one-line bugs, each with the
 tests that should notice it. A few model-free pieces outside the tool's list ride along (completion_mask,
 quantile_index, pick_device, teaching_view).
