@@ -610,17 +610,17 @@ def safe_eval(expr: str, need_op: bool = False) -> float | None:
 def _lhs_before(text: str, eq: int) -> str | None:
     """The arithmetic run that ends at text[eq] == "=", or None (too long, or starts mid-word)."""
     i = eq
-    while i > 0 and text[i - 1] in _EXPR_CHARS and (text[i - 1] != "." or text[i:i + 1].isdigit()):
+    while i > 0 and text[i - 1] in _EXPR_CHARS and (text[i - 1] != "." or text[i].isdigit()):
         i -= 1
         if eq - i > MAX_EXPR:
             return None
     comma = text.rfind(", ", i, eq)                   # "2, 3 + 4 = 7": a list, then an equation
     if comma != -1:
         i = comma + 1
-    m = re.search(r"[0-9(]|-(?=[0-9(])", text[i:eq])  # start at a number, sign or parenthesis
-    if m is None or text[i:i + m.start()].strip(" $"):
+    m = re.match(r"[ $]*([0-9(]|-(?=[0-9(]))", text[i:eq])  # spaces or $, then a number, sign, (
+    if m is None:
         return None                                   # "9 hours * 2/3 = 6": the left side is words
-    start = i + m.start()
+    start = i + m.start(1)
     if start > 0 and (text[start - 1].isalnum() or text[start - 1] == "."):
         return None                                   # "1e999 + 1", "v2 + 3": not a clean start
     return text[start:eq]
@@ -699,7 +699,7 @@ def is_causal_lm(config) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Learned PRMs (frozen): --prm FOLDER or a hub id, each step read at its last token: a token
 # classifier's quantile head (labels q0.1, q0.5, ...) or two-class head (p(good)); or a causal LM at
-# a step tag, p(good) / (p(good) + p(bad)) (config's progrs_step_tag, else Math-Shepherd's ки + -).
+# a step tag, p(good) / (p(good) + p(bad)) (its config's progrs_step_tag, else Math-Shepherd's).
 
 _TAU_LABEL = re.compile(r"q_?(0?\.[0-9]+)")
 _GOOD_LABEL = re.compile(r"good|pos(itive)?|\+|correct|true|1", re.IGNORECASE)  # a whole label
@@ -743,7 +743,7 @@ class ModelPRM:
             ids = [self.tokenizer.encode(w, add_special_tokens=False) for w in [self.tag, *pair]]
             if len(ids) != 3 or any(len(i) != 1 for i in ids):
                 raise ProgrsError(f"--prm {name}: step tag and tokens {[self.tag, *pair]} must "
-                                  "each be one token of its tokenizer (Math-Shepherd's: ки, +, -)")
+                                  "each be one token of its tokenizer (Math-Shepherd's ки, +, -)")
             self.kind = "step-tag"
             self.taus = (0.5,)
             self.good_bad = [ids[1][0], ids[2][0]]

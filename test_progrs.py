@@ -552,13 +552,10 @@ def test_a_byte_order_mark_is_accepted_and_questions_and_golds_are_stripped(tmp_
 
 # GSM8K by name (the network is never touched: urlopen is replaced, or points at a closed port)
 
-def fake_release(monkeypatch, payload: bytes):
-    """Pin `payload` as the test split, served by a replaced urlopen; returns the URLs asked."""
-    import hashlib
-    import io
-    import urllib.request
+def fake_release(monkeypatch, payload: bytes, split="test"):
+    """Pin `payload` as a split, served by a replaced urlopen; returns the URLs asked."""
     asked = []
-    monkeypatch.setitem(progrs.GSM8K_SPLITS, "test",
+    monkeypatch.setitem(progrs.GSM8K_SPLITS, split,
                         (payload.count(b"\n"), hashlib.sha256(payload).hexdigest()))
 
     def urlopen(url, timeout=None):
@@ -634,15 +631,10 @@ def unwritable_folder():
         return folder
     pytest.skip("no read-only folder here")
 
-def serve_gsm8k(monkeypatch, payload: bytes, split="test"):
-    monkeypatch.setitem(progrs.GSM8K_SPLITS, split,
-                        (payload.count(b"\n"), hashlib.sha256(payload).hexdigest()))
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
-
 def test_gsm8k_goes_into_a_new_cache_whole_and_an_unwritable_cache_is_one_line(tmp_path,
                                                                                monkeypatch):
     payload = b'{"question": "What is 1 + 1?", "answer": "1 + 1 = 2\\n#### 2"}\n'
-    serve_gsm8k(monkeypatch, payload)
+    fake_release(monkeypatch, payload)
     fresh = tmp_path / "a fresh machine" / "cache"          # no folder yet: it is made
     monkeypatch.setenv("PROGRS_CACHE", str(fresh))
     assert progrs.load_data("gsm8k", "test", "--eval-data")[0]["gold"] == "2"
@@ -2797,7 +2789,7 @@ def test_an_unwritable_out_or_cache_fails_before_any_model_loads(tmp_path, monke
     with pytest.raises(progrs.ProgrsError, match=f"--out {folder}: cannot write there"):
         progrs.main(["--out", str(folder)])
     monkeypatch.setenv("PROGRS_CACHE", str(folder / "progrs"))
-    serve_gsm8k(monkeypatch, b'{"question": "What is 1 + 1?", "answer": "2"}\n', "train")
+    fake_release(monkeypatch, b'{"question": "What is 1 + 1?", "answer": "2"}\n', "train")
     with pytest.raises(progrs.ProgrsError, match="--data gsm8k: cannot write the cache"):
         progrs.main(["--out", str(tmp_path / "out"), "--data", "gsm8k"])
     assert loads == []
