@@ -23,8 +23,7 @@ Our reading, where the abstract is silent (marked "our reading" in the code): A 
 right rollouts keeping b; the verified answer is the first committed answer line, and decoding stops
 there; steps are the lines before it; windows of 2 and 4 judged steps; the default PRM is a toy that
 checks each step's arithmetic, read at its lowest quantile.
-Left out: a value network; by default, a KL to a reference model (--kl-coef) and more than one
-update per batch (--ppo-epochs > 1 clips the ratio).
+Left out: a value network; by default, KL to the start (--kl-coef), ratio clipping (--ppo-epochs).
 """
 import argparse, ast, collections, contextlib, copy, functools, hashlib, json, logging, math
 import operator, os, random, re, shutil, sys, tempfile, time, urllib.request
@@ -205,9 +204,9 @@ FLAGS = [  # (group, flag, type or choices, default or (tiny default, LLM defaul
     ("data", "--eval-data", str, (TINY_DATA[1], "gsm8k"), "eval problems: JSONL or gsm8k", None),
     ("data", "--eval-size", int, (0, 500), "eval problems (0: all)", ">= 0"),
     ("data", "--eval-every", int, (20, 25), "steps between evals", ">= 1"),
-    ("data", "--eval-samples", int, 0, "K > 0: also sampled pass@1, K samples a problem", ">= 0"),
+    ("data", "--eval-samples", int, 0, "K > 0: sampled pass@1, pass@2, 4, .. <= K", ">= 0"),
     ("data", "--eval-batch", int, (256, 64), "rows per eval batch (problems x samples)", ">= 1"),
-    ("rollouts", "--steps", int, (60, 200), "policy updates", ">= 1"),
+    ("rollouts", "--steps", int, (60, 200), "policy updates (0: evaluate only)", ">= 0"),
     ("rollouts", "--prompts-per-step", int, (16, 16), "P: prompts per step", ">= 1"),
     ("rollouts", "--group-size", int, 8, "G: rollouts per prompt (a group to compare)", ">= 2"),
     ("rollouts", "--max-new-tokens", int, (64, 512), "completion length cap", ">= 1"),
@@ -252,8 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {}
     for group, flag, kind, default, help, _ in FLAGS:
         kw = dict(action="store_true") if kind is bool else dict(type=kind)
-        if isinstance(kind, list):
-            kw = dict(choices=kind)
+        kw = dict(choices=kind) if isinstance(kind, list) else kw
         pair = isinstance(default, tuple)  # filled in by apply_defaults once the model is known
         shown = f"{default[0]} tiny / {default[1]} LLM" if pair else str(default)
         shown = shown.replace(str(HERE) + os.sep, "")
@@ -262,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    help=f"{help} (default: {shown})", **kw)
     return p
 
-def check_args(args) -> None:
-    """One line naming the flag, before anything trains silently wrong."""
+def check_args(args) -> None:  # one line naming the flag, before anything trains silently wrong
     for _, flag, kind, _, _, rule in FLAGS:
         x = getattr(args, attr(flag))
         if x is not None and kind is float and not math.isfinite(x):  # inf passes every range
@@ -292,8 +289,7 @@ EXPECTED_JSONL = "expected JSONL with 'question' and 'answer'"
 def parse_gold(answer: str) -> str:
     return answer.rsplit("####", 1)[-1].strip()  # a GSM8K rationale's final answer, or the answer
 
-def record_problem(rec) -> str | None:
-    """What is wrong with one JSONL record, or None."""
+def record_problem(rec) -> str | None:  # what is wrong with one JSONL record, or None
     q, a = (rec.get("question"), rec.get("answer")) if isinstance(rec, dict) else (None, None)
     if not isinstance(q, str) or isinstance(a, bool) or not isinstance(a, (str, int, float)):
         return "expected an object with a string 'question' and a string or number 'answer'"
@@ -407,8 +403,7 @@ def completion_mask(completions: torch.Tensor, eos_ids: list[int], stopped_at=No
     is_eos = torch.isin(completions, torch.tensor(eos_ids, device=device))       # (B, T)
     has_eos = is_eos.any(1)                                                      # (B,)
     length = torch.where(has_eos, is_eos.int().argmax(1) + 1, T)                 # (B,)
-    stopped = torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at
-    stopped = stopped.to(device)                                                 # (B,)
+    stopped = (torch.zeros(B, dtype=torch.long) if stopped_at is None else stopped_at).to(device)
     length = torch.where(stopped > 0, torch.minimum(length, stopped), length)   # (B,)
     mask = torch.arange(T, device=device)[None, :] < length[:, None]            # (B, T)
     return mask, ~has_eos & (stopped == 0)
@@ -732,13 +727,12 @@ class ModelPRM:
         config, self.tokenizer, self.model, info = from_pretrained("--prm", name, auto_class)
         self.causal = auto_class(config) is tf.AutoModelForCausalLM
         self.default_tau = getattr(config, "progrs_quantile", None)
-        self.tag = None
         labels = [str(self.model.config.id2label[i]) for i in range(self.model.config.num_labels)]
         taus = [_TAU_LABEL.fullmatch(x) for x in labels]
         base = self.model.base_model
         body = {n for n, _ in base.named_parameters(prefix=self.model.base_model_prefix)}
+        self.tag = (tag or getattr(config, "progrs_step_tag", "ки")) if self.causal else None
         if self.causal:  # the arguments win over the config, the config over Math-Shepherd's
-            self.tag = tag or getattr(config, "progrs_step_tag", "ки")
             pair = tokens.split(",") if tokens else getattr(config, "progrs_step_tokens", "+-")
             ids = [self.tokenizer.encode(w, add_special_tokens=False) for w in [self.tag, *pair]]
             if len(ids) != 3 or any(len(i) != 1 for i in ids):
@@ -894,8 +888,7 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
         if not torch.isfinite(grad_norm):  # stop before the step writes NaN into the weights
             raise ProgrsError(f"non-finite gradient norm at ppo epoch {epoch}; lower --lr")
         optimizer.step()
-        first = dict(loss=loss_sum, kl=kl_sum, grad_norm=float(grad_norm), entropy=entropy_sum)
-        stats = stats or first
+        stats = stats or dict(loss=loss_sum, kl=kl_sum, grad_norm=float(grad_norm), entropy=entropy_sum)
     model.eval()
     return stats
 
@@ -953,10 +946,15 @@ def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:  # trace
                 steps_per_answer=float(np.mean(scored["n_steps"])),
                 fluent_failure_rate=None if fluent is None else float(fluent.float().mean()))
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): the chance that k of n samples, c of them right, hold a
+    right one, 1 - C(n - c, k) / C(n, k). Exact integers: 0 when c = 0, 1 when n - c < k."""
+    return 1 - math.comb(n - c, k) / math.comb(n, k)
+
 @torch.no_grad()
 def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=()) -> dict:
-    """Greedy pass@1, trace errors, steps, b and fluent failures; the same over --eval-samples K
-    samples a problem at the training temperature (sampled pass@1: what RL optimises)."""
+    """Greedy pass@1, trace errors, steps, b and fluent failures; the same, and pass@k, over K =
+    --eval-samples samples a problem at the training temperature (sampled pass@1: RL's target)."""
     def summary(n, temperature, prefix):  # the problems' completions, n per problem, problem-major
         chunk = max(1, args.eval_batch // n)
         texts = []
@@ -970,7 +968,11 @@ def evaluate(model, tokenizer, problems: list[dict], args, prm, amp, right_pool=
                               args.lam_var)
         ff = fluent_failures(torch.tensor(s["b"]), torch.tensor(s["correct"]),
                              torch.tensor(s["judged"]), right_pool)
-        return {prefix + key: v for key, v in rollout_metrics(s, ff).items()}
+        out = {prefix + key: v for key, v in rollout_metrics(s, ff).items()}
+        right = np.reshape(s["correct"], (len(problems), n)).sum(-1)              # (problems,)
+        for k in (2 ** i for i in range(1, n.bit_length())):  # k = 2, 4, 8, ... <= n
+            out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in right]))
+        return out
 
     out = summary(1, 0.0, "eval_")
     if args.eval_samples > 0:  # its own seeded stream: evaluations leave training's stream alone
@@ -1034,10 +1036,8 @@ def train(model, tokenizer, train_set, eval_set, args, amp, prm, state=None, ref
     """The run, or its rest from a checkpoint's state, into a prepared --out: {before, after}."""
     out_dir = Path(args.out)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-
-    def warmup(i):  # linear: Adam's first steps move each weight by ~lr whatever its gradient
-        return min(1.0, (i + 1) / (args.warmup_steps + 1))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+    n_warm = args.warmup_steps + 1  # linear: Adam's first steps move each weight by ~lr regardless
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / n_warm))
     if args.kl_coef > 0 and ref_model is None:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     order_rng = random.Random(args.seed)   # the training problems: epochs of shuffles
@@ -1127,15 +1127,14 @@ CHECKPOINT_DIRS = ("model.tmp", "model", "model.old")  # being written, the last
 STATE_KEYS = ("step", "optimizer", "schedule", "order_rng", "queue", "right_pool", "metrics",
               "torch_rng", "cuda_rng")
 
-def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict | None = None) -> None:
+def save_checkpoint(model, tokenizer, out_dir: Path, step: int, state: dict) -> None:
     tmp, final, old = (out_dir / d for d in CHECKPOINT_DIRS)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if state is not None:
-            torch.save(state, tmp / "progrs_state.pt")
+        torch.save(state, tmp / "progrs_state.pt")
         (tmp / "progrs_step.json").write_text(json.dumps({"step": step}))
     except Exception as e:  # a full disk: OSError, or safetensors' and torch's own errors
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1273,10 +1272,11 @@ def main(argv=None) -> dict:
     prm = build_prm(args, device, amp)
     why = "in tiny_task/" if size == "tiny" else "not in tiny_task/"
     why = f"--defaults {size}" if args.defaults != "auto" else why
+    sampled = f", sampled pass@1, 2, 4, ... <= {args.eval_samples}" if args.eval_samples else ""
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model {args.model}: {n_params:.2f}M parameters, {device}{' (bf16 autocast)' * bf16}; "
           f"{size} defaults ({why}); {len(train_set)} train / {len(eval_set)} eval problems; PRM "
-          f"{args.prm}, tau {prm.taus[prm.q_index]}")
+          f"{args.prm}, tau {prm.taus[prm.q_index]}; eval: greedy pass@1{sampled}")
     print(json.dumps(vars(args), default=str))
     bound = max_dominant_lam(args.group_size, args.mode)
     if args.lam >= bound:

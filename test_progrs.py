@@ -5,6 +5,7 @@ import copy
 import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -1720,6 +1721,31 @@ def test_sampled_pass_at_1_is_the_mean_over_k_samples_of_each_problem(monkeypatc
     assert ev["eval_accuracy"] == 3 / 6
     assert ev["eval_sampled_accuracy"] == (0 + 1 + 2 + 3 + 0 + 1) / 24
     assert calls == [(6, 1, 0.0)] + [(2, 4, 0.7)] * 3
+    # pass@k from the same samples: right counts c = 0, 1, 2, 3, 0, 1 of n = 4, k = 2 and 4 only
+    assert {k for k in ev if "pass@" in k} == {"eval_sampled_pass@2", "eval_sampled_pass@4"}
+    assert ev["eval_sampled_pass@2"] == pytest.approx((0 + 1 / 2 + 5 / 6 + 1 + 0 + 1 / 2) / 6)
+    assert ev["eval_sampled_pass@4"] == 4 / 6                     # any right sample among the 4
+    args.eval_samples = 6                                         # k: powers of 2 up to K
+    assert {k for k in progrs.evaluate(model, None, problems, args, ToyPRM(), no_amp)
+            if "pass@" in k} == {"eval_sampled_pass@2", "eval_sampled_pass@4"}
+
+def test_pass_at_k_is_the_mean_over_every_k_subset_of_the_samples():
+    """Chen et al.'s estimator equals the brute-force mean over all C(n, k) subsets of n samples,
+    c right, of 'some sample right'; exactly 0 with no right sample, exactly 1 when every k-subset
+    must hold one (c = n, or n - c < k)."""
+    for n in range(1, 9):
+        for c in range(n + 1):
+            right = [j < c for j in range(n)]
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(right, k))
+                brute = sum(any(s) for s in subsets) / len(subsets)
+                assert progrs.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+                if c == 0:
+                    assert progrs.pass_at_k(n, c, k) == 0.0
+                if c == n or n - c < k:
+                    assert progrs.pass_at_k(n, c, k) == 1.0
+    assert progrs.pass_at_k(32, 1, 1) == 1 / 32 and progrs.pass_at_k(32, 1, 32) == 1.0
+    assert progrs.pass_at_k(32, 16, 17) == 1.0 and 0.99 < progrs.pass_at_k(32, 16, 16) < 1.0
 
 def test_sampled_evaluation_is_seeded_and_leaves_the_training_random_stream_alone(tiny,
                                                                                   monkeypatch):
@@ -1987,6 +2013,17 @@ def test_warmup_raises_the_learning_rate_linearly_from_the_first_update(quantile
     lr = quantile_run["config"]["lr"]
     assert quantile_run["lrs"] == pytest.approx([lr / 2, lr, lr])
 
+def test_steps_0_evaluates_the_model_alone_with_pass_at_k_up_to_eval_samples(tmp_path, capsys):
+    """--steps 0: one evaluation, no update and no checkpoint; --eval-samples 8 gives pass@2, @4
+    and @8 (pass@k's growth with k: the end-to-end test below); the startup line names them."""
+    progrs.main(small(tmp_path, "--steps", "0", "--eval-samples", "8", "--eval-size", "1",
+                      "--max-new-tokens", "8"))
+    rows = metrics(tmp_path)
+    assert len(rows) == 1 and rows[0]["step"] == 0
+    assert {k for k in rows[0] if "pass@" in k} == {f"eval_sampled_pass@{k}" for k in (2, 4, 8)}
+    assert not (tmp_path / "model").exists()
+    assert "eval: greedy pass@1, sampled pass@1, 2, 4, ... <= 8\n" in capsys.readouterr().out
+
 def test_a_run_shorter_than_eval_every_still_evaluates_and_saves_its_last_step(quantile_run):
     """--eval-every and --save-every default to 20 on the tiny model: a 3-step run evaluates at the
     start and at its last step, and saves the last step."""
@@ -2092,7 +2129,7 @@ def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_
         result.update(real(*args, **kwargs, log=logged))
     monkeypatch.setattr(progrs, "train", recording)
     start = time.perf_counter()
-    progrs.main(small(out, "--steps", "3", "--eval-every", "2", "--eval-samples", "2",
+    progrs.main(small(out, "--steps", "3", "--eval-every", "2", "--eval-samples", "4",
                       "--save-every", "3", "--max-new-tokens", "48", "--lr", "0.0003",
                       "--warmup-steps", "0"))
     took = time.perf_counter() - start
@@ -2106,10 +2143,12 @@ def test_train_logs_each_line_once_it_is_in_metrics_jsonl_and_returns_the_first_
     for r in rows:
         if "eval_accuracy" in r:
             line = (f"step {r['step']}: greedy pass@1 {r['eval_accuracy']:.1%} on 4 problems, "
-                    f"sampled pass@1 {r['eval_sampled_accuracy']:.1%} (2/problem), trace errors "
+                    f"sampled pass@1 {r['eval_sampled_accuracy']:.1%} (4/problem), trace errors "
                     f"{r['eval_trace_error_rate']:.1%} of right answers, "
                     f"{r['eval_steps_per_answer']:.2f} steps/answer")
             assert 0 <= r["t_eval"] <= took
+            at_k = [r["eval_sampled_accuracy"], r["eval_sampled_pass@2"], r["eval_sampled_pass@4"]]
+            assert at_k == sorted(at_k) and at_k[0] < at_k[2]       # pass@k grows with k
         else:
             line = (f"step {r['step']}: train accuracy {r['train_accuracy']:.2f}, "
                     f"b {r['process_score']:.2f}, fluent failures "
@@ -2679,7 +2718,7 @@ def check_prm(base, new, runs):
     assert (runs["e"][0].prm_type, runs["base"][0].prm_type) == ("ModelPRM", "ToyPRM")
 
 def check_prm_quantile(base, new, runs):
-    assert new["startup"].endswith("tau 0.9") and base["startup"].endswith("tau 0.1")
+    assert "tau 0.9; eval: " in new["startup"] and "tau 0.1; eval: " in base["startup"]
     for name, column in (("base", 0), ("f", 2)):
         rec = runs[name][0]
         read = [q[:, column].tolist() for phase, call in rec.columns if phase == "rollout"
@@ -2957,7 +2996,7 @@ def test_main_hands_train_the_model_data_prm_and_autocast_it_built(tmp_path, mon
     head, flags = capsys.readouterr().out.splitlines()[:2]
     assert head == (f"model {TINY_MODEL}: {n / 1e6:.2f}M parameters, cpu (bf16 autocast); tiny "
                     f"defaults (in tiny_task/); {len(seen['train_set'])} train / 5 eval problems; "
-                    f"PRM {prm_path}, tau 0.5")
+                    f"PRM {prm_path}, tau 0.5; eval: greedy pass@1")
     config = (tmp_path / "a" / "config.json").read_text()
     assert json.loads(flags) == json.loads(config)
     assert config.startswith('{\n  "model": ')                        # indent 2: readable

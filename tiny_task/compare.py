@@ -8,6 +8,8 @@ fluent-failure regime with its own comparison.
     python tiny_task/compare.py --regime fluent     # the fluent-failure comparison: results_fluent.md
     python tiny_task/compare.py --regime scarce     # scarce, sparse, fluent with the group-type arms:
                                                     # results_scarce.md (settings in SCARCE_SET)
+    python tiny_task/compare.py --regime pace       # scarce for 32 steps, eight arms, pass@k at the
+                                                    # end: results_pace.md (tiny_task/pace.py)
 
 The hypotheses, the fixed settings and how each verdict is computed stand in the head of
 tiny_task/results.md, written before any run; this script keeps that head and rewrites what follows it.
@@ -1064,9 +1066,10 @@ def plot(regime: str, res: dict, a, path: Path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--regime", default="both", choices=["both", *REGIMES, "fluent", "scarce"],
+    p.add_argument("--regime", default="both", choices=["both", *REGIMES, "fluent", "scarce", "pace"],
                    help="which warm start(s); fluent: the fluent-failure comparison (results_fluent.md); "
-                   "scarce: the group-type comparison in three regimes (results_scarce.md)")
+                   "scarce: the group-type comparison in three regimes (results_scarce.md); pace: the "
+                   "scarce regime for 32 steps, eight arms, pass@k (pace.py, results_pace.md)")
     p.add_argument("--steps", type=int, help="policy updates per run (12; fluent: %d)" % FLUENT_SET["steps"])
     p.add_argument("--eval-every", type=int, help="steps between evaluations (3; fluent: %d)"
                    % FLUENT_SET["eval_every"])
@@ -1088,6 +1091,11 @@ def main():
     p.add_argument("--tag", default="", help="an exploratory follow-up: write results_TAG.md, marked "
                    "as added after the pre-registered results, instead of results.md")
     a = p.parse_args()
+    if a.regime == "pace":
+        from pace import pace_main
+        if a.arms or a.prms != ",".join(PRMS):
+            p.error("--regime pace: the arms and the PRM are fixed (pace.PACE_SET)")
+        return pace_main(a)
     if a.regime == "scarce":
         for k, v in SCARCE_SET.items():
             if k not in ("arms", "prms") and getattr(a, k, None) is None:
