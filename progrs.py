@@ -86,7 +86,7 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
       mixed:     A_out separates right from wrong; c ranks the wrong rollouts among themselves, and
                  lifts every right rollout by lam * b (right rollouts keep b, our reading);
       all wrong: A_out = 0, so c is the whole signal: which wrong answers had better steps;
-      all right: A_out = 0; right rollouts keep b, a push to each (the offset).
+      all right: A_out = 0, yet each gets + lam * b: a positive-sample push plain GRPO lacks.
     outcome: plain GRPO. absolute: (r + lam * b) normalised in the group: right scores >= 1, wrong
     <= lam, so at lam = 1 a wrong rollout with b = 1 ties a right one with b = 0, and passes it
     beyond; at lam = 1 its harm is in all-wrong groups, where the std division gives a lone fluent
@@ -440,9 +440,8 @@ def generate(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int,
              temperature: float, amp, chat: bool = False) -> dict:
     """n samples per prompt (temperature 0: one greedy completion each); rows are prompt-major."""
     from transformers import GenerationConfig
-    # (a chat template wrote its special tokens already)
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-    enc = enc.to(model.device)                                                   # (P, Tp), left pad
+    enc = enc.to(model.device)  # (P, Tp), left pad; a chat template wrote its special tokens
     Tp = enc["input_ids"].shape[1]
     named = model.generation_config.eos_token_id  # a chat model's <|im_end|>, its base EOS
     named = [named] if isinstance(named, int) else named or []
@@ -888,7 +887,8 @@ def update_policy(model, optimizer, batch, adv, args, amp, ref_model=None) -> di
         if not torch.isfinite(grad_norm):  # stop before the step writes NaN into the weights
             raise ProgrsError(f"non-finite gradient norm at ppo epoch {epoch}; lower --lr")
         optimizer.step()
-        stats = stats or dict(loss=loss_sum, kl=kl_sum, grad_norm=float(grad_norm), entropy=entropy_sum)
+        first = dict(loss=loss_sum, kl=kl_sum, grad_norm=float(grad_norm), entropy=entropy_sum)
+        stats = stats or first
     model.eval()
     return stats
 

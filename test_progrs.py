@@ -3368,6 +3368,64 @@ def test_compare_reads_rollouts_to_a_target_between_evaluations_and_pairs_seeds(
     assert m == pytest.approx(0.2) and se == pytest.approx(0.1 / math.sqrt(3))
     assert compare.beyond(0.2, 0.09) and not compare.beyond(0.2, 0.1)
 
+def pace_runs(late_gain, drop=0.0, trace_up=0.0, spread=0.002, seeds=5):
+    """Made-up pace.py results, {(arm, seed): run}: evaluations at steps 0, 8, 16, 24, 32 whose
+    sampled pass@1 is outcome-only's plus late_gain[arm] from step 16 on (a seed's jitter of +-0.2
+    points), and +0.2 at step 8 for every arm but outcome (a gain the verdicts must not count);
+    progrs's pass@32 is outcome-only's minus drop (+- its jitter), its trace errors + trace_up."""
+    res = {}
+    for s in range(seeds):
+        for arm, gain in late_gain.items():
+            jitter = (s - 2) * spread * (arm != "outcome")
+            rows = []
+            for t in (0, 8, 16, 24, 32):
+                early = 0.2 * (arm != "outcome") * (t == 8)
+                acc = 0.05 + t / 200 + (gain + jitter if t >= 16 else early)
+                rows.append(dict(step=t, eval_accuracy=acc, eval_sampled_accuracy=acc,
+                                 eval_sampled_fluent_failure_rate=0.1 + (t > 0) * gain / 2))
+            rows += [dict(step=t, train_accuracy=0.1, groups_all_wrong=8) for t in range(1, 33)]
+            pass32 = 0.9 - (drop + jitter if arm == "progrs" else 0.0)
+            end = {"eval_accuracy": 0.5, "eval_sampled_accuracy": rows[4]["eval_sampled_accuracy"],
+                   "eval_sampled_trace_error_rate": 0.05 - gain / 10 + trace_up * (arm == "progrs"),
+                   "eval_sampled_pass@32": pass32,
+                   **{f"eval_sampled_pass@{k}": 0.5 for k in (2, 4, 8, 16)}}
+            res[(arm, s)] = dict(rows=rows, wall_s=1.0, passk=end, passk_wall_s=1.0)
+    return res
+
+def test_pace_verdicts_follow_the_registered_rules():
+    """results_pace.md's rules on made-up runs: gains from step 16 on (step 8's +20 points never
+    counted), H10's 5-point bar and noise, H11's third, H13's and H8's two thirds, H14's bands,
+    H15's 2 standard errors; the rules flip where the bars say."""
+    pace = tiny_task_tool("pace")
+    a = types.SimpleNamespace(**pace.PACE_SET, jobs=2)
+    gains = {"outcome": 0.0, "progrs": 0.06, "absolute": -0.02, "progrs+shuffle": 0.019,
+             "progrs-strict": 0.041, "progrs+constant": 0.019, "progrs+allwrong": 0.039,
+             "progrs+mixed": 0.01}
+    runs = pace_runs(gains, drop=0.001)
+    text = "\n".join(pace.report(runs, runs[("outcome", 0)]["passk"], a))
+    verdict = {line.split(":")[0].strip("- *"): line for line in text.splitlines()
+               if line.startswith("- **")}
+    assert "H10 (the gain): supported" in verdict["H10 (the gain)"]
+    assert "+6.0 ± 0.1 points" in verdict["H10 (the gain)"]
+    assert ": supported" in verdict["H11 (the PRM's information)"]                # 1.9 <= 6 / 3
+    assert ": supported" in verdict["H13 (the ranking, not the lift)"]            # 4.1 >= 4
+    assert ": not supported" in verdict["H8 (all-wrong groups carry it)"]         # 3.9 < 4
+    assert "little of the gain" in verdict["H14 (the lift alone)"]                # 1.9 <= 2
+    assert ": supported" in verdict["H12 (right for the right reasons)"]          # 4.4% < 5%
+    assert "H15 (no diversity bought): supported" in verdict["H15 (no diversity bought)"]
+    assert "-0.1 ± 0.1 points" in verdict["H15 (no diversity bought)"]    # within 2 SE of 0
+    gains.update({"progrs": 0.049, "progrs+shuffle": 0.017, "progrs+constant": 0.03})
+    runs = pace_runs(gains, drop=0.0035, trace_up=0.01)
+    text = "\n".join(pace.report(runs, runs[("outcome", 0)]["passk"], a))
+    assert "H10 (the gain): not supported" in text and "H11 (the PRM's information): not " in text
+    assert "the push alone gives part of the gain" in text              # 3.0 of 4.9
+    assert "H15 (no diversity bought): not supported" in text            # -0.35 is 2.5 SE below 0
+    assert "H12 (right for the right reasons): not supported" in text    # 4.5% + 1 point > 5%
+    gains["progrs"] = 0.06
+    runs = pace_runs(gains, spread=0.05)                                 # +6 points, within noise
+    text = "\n".join(pace.report(runs, runs[("outcome", 0)]["passk"], a))
+    assert "H10 (the gain): not supported" in text and "+6.0 ± 3.5 points" in text
+
 def test_bonus_controls_keep_values_or_offsets_and_drop_the_link():
     control_bonus = tiny_task_tool("controls").control_bonus
     s, _ = random_groups(n=500)
