@@ -847,6 +847,24 @@ def scarce_report(stats: dict, res: dict, a) -> list[str]:
     return lines + scarce_verdicts(gains, rises, finals, res, a, steps)
 
 
+def h1_verdict(name: str, outcome_finals: list[float], curves: list[list[float]], steps: list[int],
+               budget: int) -> str:
+    """H1: progrs's mean sampled pass@1 curve (curves: per seed, at steps) reaches outcome-only's mean
+    final within 75% of the budget's rollouts; fragile if moving the target by one standard error
+    changes the verdict."""
+    t, t_se = mse(outcome_finals)
+    mean_acc = list(zip(steps, [statistics.mean(v) for v in zip(*curves)]))
+    reach = {k: rollouts_to(mean_acc, t + k * t_se) for k in (-1, 0, 1)}
+    verdict = {k: v is not None and v <= 0.75 * budget for k, v in reach.items()}
+    desc = lambda v: "never" if v is None else f"after {v:.0f} rollouts ({v / budget:.0%})"  # noqa: E731
+    return (f"- **{name}: {'supported' if verdict[0] else 'not supported'}.** progrs's mean curve "
+            f"reaches outcome-only's final sampled pass@1 ({100 * t:.1f} ± {100 * t_se:.1f}%) "
+            f"{desc(reach[0])}; the bar is 75% of {budget}. Against the target ± one standard error: "
+            f"{desc(reach[-1])} / {desc(reach[1])}."
+            + (" Fragile: the verdict changes within one standard error of the target."
+               if len(set(verdict.values())) > 1 else ""))
+
+
 def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
     seeds, budget = range(a.seeds), a.steps * P * G
 
@@ -869,20 +887,8 @@ def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
                  f"scarce {txt(g_sc, se_sc)}, sparse {txt(g_sp, se_sp)}. Bars: scarce at least +3.0 (margin "
                  f"{txt(m1, se_sc)}) and at least twice sparse's (margin {txt(m2, se2)})."
                  + (fragile(min(m1 / se_sc if se_sc else math.inf, m2 / se2 if se2 else math.inf), 1.0) if ok else ""))
-    # H1 re-tested in scarce
-    outcome_final = finals[("scarce", "outcome")]
-    t, t_se = ms(outcome_final)
     acc = [fcurve(res[("scarce", "progrs", s)], "eval_sampled_accuracy") for s in seeds]
-    mean_acc = list(zip(steps, [statistics.mean(v) for v in zip(*acc)]))
-    reach = {k: rollouts_to(mean_acc, t + k * t_se) for k in (-1, 0, 1)}
-    verdict = {k: v is not None and v <= 0.75 * budget for k, v in reach.items()}
-    desc = lambda v: "never" if v is None else f"after {v:.0f} rollouts ({v / budget:.0%})"  # noqa: E731
-    lines.append(f"- **H1 in scarce: {'supported' if verdict[0] else 'not supported'}.** progrs's mean curve "
-                 f"reaches outcome-only's final sampled pass@1 ({100 * t:.1f} ± {100 * t_se:.1f}%) "
-                 f"{desc(reach[0])}; the bar is 75% of {budget}. Against the target ± one standard error: "
-                 f"{desc(reach[-1])} / {desc(reach[1])}."
-                 + (" Fragile: the verdict changes within one standard error of the target."
-                    if len(set(verdict.values())) > 1 else ""))
+    lines.append(h1_verdict("H1 in scarce", finals[("scarce", "outcome")], acc, steps, budget))
     # H8
     for r in ("scarce", "sparse"):
         gp, gw = gains[(r, "progrs")], gains[(r, "progrs+allwrong")]

@@ -12,7 +12,6 @@ pass@k for k = 1, 2, 4, ... 32, by the unbiased estimator. The warm start itself
 evaluation (seed 0): the base model's pass@k curve.
 """
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from compare import (ARMS, G, HEAD_END, P, PRMS, SCARCE, SCARCE_DATA, beyond, fcurve, fmean,  # noqa: E402
-                     mse, rollouts_to, run, se_txt)
+                     h1_verdict, mse, run, se_txt)
 
 # the fixed settings, registered in the head of results_pace.md
 PACE_SET = dict(steps=32, eval_every=8, eval_size=200, eval_samples=2, seeds=5, lam=1.0,
@@ -205,18 +204,8 @@ def verdicts(a, gains, rise, end, acc, steps, budget) -> list[str]:
                  + " All arms: " + ", ".join(f"{arm} {100 * v:.1f}%" for arm, v in te.items()) + ".")
     lines.append(share_verdict("H13 (the ranking, not the lift)", "progrs-strict", gains, 2 / 3, True,
                                "the bar is two thirds of progrs's gain;"))
-    # H1: fewer rollouts to outcome-only's final sampled pass@1
-    t, t_se = mse([c[-1] for c in acc["outcome"]])
-    mean_acc = list(zip(steps, [statistics.mean(v) for v in zip(*acc["progrs"])]))
-    reach = {k: rollouts_to(mean_acc, t + k * t_se) for k in (-1, 0, 1)}
-    verdict = {k: v is not None and v <= 0.75 * budget for k, v in reach.items()}
-    desc = lambda v: "never" if v is None else f"after {v:.0f} rollouts ({v / budget:.0%})"  # noqa: E731
-    lines.append(f"- **H1 (fewer rollouts): {'supported' if verdict[0] else 'not supported'}.** progrs's "
-                 f"mean curve reaches outcome-only's final sampled pass@1 ({100 * t:.1f} ± {100 * t_se:.1f}%)"
-                 f" {desc(reach[0])}; the bar is 75% of {budget}. Against the target ± one standard error: "
-                 f"{desc(reach[-1])} / {desc(reach[1])}."
-                 + (" Fragile: the verdict changes within one standard error of the target."
-                    if len(set(verdict.values())) > 1 else ""))
+    lines.append(h1_verdict("H1 (fewer rollouts)", [c[-1] for c in acc["outcome"]], acc["progrs"], steps,
+                            budget))
     lines.append(share_verdict("H8 (all-wrong groups carry it)", "progrs+allwrong", gains, 2 / 3, True,
                                "the bar is two thirds of progrs's gain;")
                  + f" Mixed groups only (progrs+mixed): {txt(*mse(gains['progrs+mixed']))}.")
