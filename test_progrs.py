@@ -3692,7 +3692,9 @@ def test_readme_worked_groups_are_compute_advantages_own():
             got = cell.replace("**", "").replace(" (offset)", "").strip()
             assert got == want, (name, mode, cell, want)
     assert len(readme.splitlines()) <= 250 and readme.count("](tiny_task/") >= 3
-    assert len(re.findall(r"!\[[^]]*\]\([^)]+\.png\)", readme)) == 1      # one plot
+    plots = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", readme)
+    assert plots == ["tiny_task/results_pace.png", "tiny_task/results_pace_passk.png"]
+    assert all((HERE / x).is_file() for x in plots)
 
 def test_readme_prose_numbers_about_advantages_are_recomputed():
     """The idea's prose: a mixed group's lift (right rollouts keep b: +2.36 against GRPO's +1.73),
