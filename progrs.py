@@ -948,7 +948,7 @@ def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:  # trace
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k (Chen et al. 2021): the chance that k of n samples, c of them right, hold a
-    right one, 1 - C(n - c, k) / C(n, k). Exact integers: 0 when c = 0, 1 when n - c < k."""
+    right one, 1 - C(n - c, k) / C(n, k); integer binomials: exactly 0 if c = 0, 1 if n - c < k."""
     return 1 - math.comb(n - c, k) / math.comb(n, k)
 
 @torch.no_grad()

@@ -206,7 +206,7 @@ def verdicts(a, gains, rise, end, acc, steps, budget) -> list[str]:
                                "the bar is two thirds of progrs's gain;"))
     lines.append(h1_verdict("H1 (fewer rollouts)", [c[-1] for c in acc["outcome"]], acc["progrs"], steps,
                             budget))
-    lines.append(share_verdict("H8 (all-wrong groups carry it)", "progrs+allwrong", gains, 2 / 3, True,
+    lines.append(share_verdict("H8 (all-wrong against mixed)", "progrs+allwrong", gains, 2 / 3, True,
                                "the bar is two thirds of progrs's gain;")
                  + f" Mixed groups only (progrs+mixed): {txt(*mse(gains['progrs+mixed']))}.")
     (mp, _), (mc, sec) = mse(gains["progrs"]), mse(gains["progrs+constant"])
@@ -215,9 +215,17 @@ def verdicts(a, gains, rise, end, acc, steps, budget) -> list[str]:
              "the push alone gives most of the gain" if share >= 2 / 3 else
              "the push alone gives little of the gain" if share <= 1 / 3 else
              "the push alone gives part of the gain")
-    lines.append(f"- **H14 (the lift alone): {label}.** progrs+constant's gain {txt(mc, sec)}"
+    # the margin to the nearest band edge, per seed (positive: inside the band named)
+    edges = {"most": [c - 2 / 3 * q for c, q in zip(gains["progrs+constant"], gains["progrs"])],
+             "little": [q / 3 - c for c, q in zip(gains["progrs+constant"], gains["progrs"])]}
+    edges["part"] = min((mse([-x for x in v]) for v in edges.values()), key=lambda x: x[0])
+    key = next((k for k in ("most", "little", "part") if k in label), None)
+    margin = edges[key] if key == "part" else mse(edges[key]) if key else (math.nan, math.nan)
+    lines.append(f"- **H14 (the push alone): {label}.** progrs+constant's gain {txt(mc, sec)}"
                  + (f", {share:.0%} of progrs's" if mp > 0 else "") + "; bands: at least two thirds: most; "
-                 "at most a third: little; between: part.")
+                 "at most a third: little; between: part"
+                 + (f"; per-seed margin to the nearest band edge {txt(*margin)}." if key else ".")
+                 + (fragile(*margin) if key else ""))
     d32 = [x["eval_sampled_pass@32"] - y["eval_sampled_pass@32"] for x, y in zip(end["progrs"], end["outcome"])]
     m32, se32 = mse(d32)
     ok = m32 >= -2 * se32
