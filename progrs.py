@@ -88,8 +88,8 @@ def compute_advantages(correct: torch.Tensor, b: torch.Tensor, mode: str, lam: f
       all wrong: A_out = 0, so c is the whole signal: which wrong answers had better steps;
       all right: A_out = 0, yet each gets + lam * b: a positive-sample push plain GRPO lacks.
     outcome: plain GRPO. absolute: (r + lam * b) normalised in the group: right scores >= 1, wrong
-    <= lam, so at lam = 1 a wrong rollout with b = 1 ties a right one with b = 0, and passes it
-    beyond; at lam = 1 its harm is in all-wrong groups, where the std division gives a lone fluent
+    <= lam, so at lam = 1 a wrong rollout with b = 1 ties a right one with b = 0 (above 1 it passes
+    it); at lam = 1 its harm is in all-wrong groups, where the std division gives a lone fluent
     failure a unit-scale push (b 0.63 among seven 0.02s: A = +2.65, as much as a lone right answer;
     progrs gives it c = +0.53). progrs-strict (our stricter reading): right rollouts are centred
     among themselves too, so there is no offset and no lift.
@@ -938,7 +938,7 @@ def rollout_step(model, tokenizer, problems: list[dict], args, prm, amp) -> dict
                  t_generate=t1 - t0, t_score=time.perf_counter() - t1)
     return batch
 
-def rollout_metrics(scored: dict, fluent: torch.Tensor | None) -> dict:  # trace errors: per right
+def rollout_metrics(scored: dict, fluent) -> dict:  # trace errors: a share of the right answers
     n_right = sum(scored["correct"])
     return dict(accuracy=n_right / len(scored["correct"]),
                 process_score=float(np.mean(scored["b"])),

@@ -847,6 +847,14 @@ def scarce_report(stats: dict, res: dict, a) -> list[str]:
     return lines + scarce_verdicts(gains, rises, finals, res, a, steps)
 
 
+def txt(m: float, se: float) -> str:
+    return f"{100 * m:+.1f} ± {100 * se:.1f} points"
+
+
+def fragile(margin: float, se: float) -> str:
+    return " Fragile: it passes by less than 2 standard errors of its margin." if margin < 2 * se else ""
+
+
 def h1_verdict(name: str, outcome_finals: list[float], curves: list[list[float]], steps: list[int],
                budget: int) -> str:
     """H1: progrs's mean sampled pass@1 curve (curves: per seed, at steps) reaches outcome-only's mean
@@ -867,19 +875,9 @@ def h1_verdict(name: str, outcome_finals: list[float], curves: list[list[float]]
 
 def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
     seeds, budget = range(a.seeds), a.steps * P * G
-
-    def ms(xs):
-        return mse(xs)
-
-    def txt(m, se):
-        return f"{100 * m:+.1f} ± {100 * se:.1f} points"
-
-    def fragile(margin, se):
-        return " Fragile: it passes by less than 2 standard errors of its margin." if margin < 2 * se else ""
-
     lines = ["## Hypotheses", ""]
     # H7
-    (g_sc, se_sc), (g_sp, se_sp) = ms(gains[("scarce", "progrs")]), ms(gains[("sparse", "progrs")])
+    (g_sc, se_sc), (g_sp, se_sp) = mse(gains[("scarce", "progrs")]), mse(gains[("sparse", "progrs")])
     ok = g_sc >= 0.03 and g_sc >= 2 * g_sp
     m1, m2 = g_sc - 0.03, g_sc - 2 * g_sp
     se2 = math.sqrt(se_sc ** 2 + 4 * se_sp ** 2)
@@ -892,8 +890,8 @@ def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
     # H8
     for r in ("scarce", "sparse"):
         gp, gw = gains[(r, "progrs")], gains[(r, "progrs+allwrong")]
-        (mp, sep), (mw, sew) = ms(gp), ms(gw)
-        margin, se_m = ms([w - 2 / 3 * p for w, p in zip(gw, gp)])
+        (mp, sep), (mw, sew) = mse(gp), mse(gw)
+        margin, se_m = mse([w - 2 / 3 * p for w, p in zip(gw, gp)])
         if mp <= 0:
             v = "not testable (progrs shows no gain to keep)"
         else:
@@ -906,13 +904,13 @@ def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
     # H9
     t_p, xs_p = rises[("fluent", "progrs")]
     t_m, xs_m = rises[("fluent", "progrs+mixed")]
-    (rp, sep), (rm, sem) = ms(xs_p), ms(xs_m)
+    (rp, sep), (rm, sem) = mse(xs_p), mse(xs_m)
     se_margin = math.sqrt(sep ** 2 / 9 + sem ** 2)
     if rp <= 0:
         v = "not testable (progrs raised no fluent failures over outcome-only)"
     else:
         v = "supported" if rm <= rp / 3 else "not supported"
-    others = "; ".join(f"{arm} {txt(*ms(rises[('fluent', arm)][1]))} (step {rises[('fluent', arm)][0]})"
+    others = "; ".join(f"{arm} {txt(*mse(rises[('fluent', arm)][1]))} (step {rises[('fluent', arm)][0]})"
                        for arm in SCARCE_SET["arms"]["fluent"][1:])
     lines.append(f"- **H9 (fluent): {v}.** Largest rise of the sampled fluent-failure rate over outcome-only: "
                  f"progrs {txt(rp, sep)} at step {t_p}, progrs+mixed {txt(rm, sem)} at step {t_m}; the bar is a "
@@ -922,7 +920,7 @@ def scarce_verdicts(gains, rises, finals, res, a, steps) -> list[str]:
                  + f" All arms: {others}.")
     # the all-right offset
     for r, arms in SCARCE_SET["arms"].items():
-        said = [f"progrs minus {x} {txt(*ms([p - q for p, q in zip(gains[(r, 'progrs')], gains[(r, x)])]))}"
+        said = [f"progrs minus {x} {txt(*mse([p - q for p, q in zip(gains[(r, 'progrs')], gains[(r, x)])]))}"
                 for x in ("progrs+noright", "progrs-strict") if x in arms]
         n_right = [statistics.mean(x["groups_all_correct"] for x in res[(r, "progrs", s)]["rows"]
                                    if "train_accuracy" in x) for s in seeds]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from compare import (ARMS, G, HEAD_END, P, PRMS, SCARCE, SCARCE_DATA, beyond, fcurve, fmean,  # noqa: E402
-                     h1_verdict, mse, run, se_txt)
+                     fragile, h1_verdict, mse, run, se_txt, txt)
 
 # the fixed settings, registered in the head of results_pace.md
 PACE_SET = dict(steps=32, eval_every=8, eval_size=200, eval_samples=2, seeds=5, lam=1.0,
@@ -97,14 +97,6 @@ def passk_curve(row: dict) -> list[float]:
 
 
 # ---- the report -------------------------------------------------------------------------------------
-
-def txt(m: float, se: float) -> str:
-    return f"{100 * m:+.1f} ± {100 * se:.1f} points"
-
-
-def fragile(margin: float, se: float) -> str:
-    return " Fragile: it passes by less than 2 standard errors of its margin." if margin < 2 * se else ""
-
 
 def report(res: dict, base: dict, a) -> list[str]:
     seeds = range(a.seeds)
